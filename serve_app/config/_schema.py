@@ -1,0 +1,219 @@
+"""The one config: app, HTTP, telemetry and model deployments. Knows nothing of Ray or vLLM."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from serve_app.config._autoscaling import AutoscalingConfig
+from serve_app.config._base import Frozen
+from serve_app.config._shape import ModelShape, shape_of_source
+from serve_app.config._tiny import TINY_PREFIX, TINY_SPECS
+from serve_app.errors import FieldError
+
+__all__ = [
+    "AppConfig",
+    "HttpConfig",
+    "ModelConfig",
+    "Parallelism",
+    "Placement",
+    "TelemetryConfig",
+    "RESERVED_ENGINE_ARGS",
+]
+
+# engine_args keys that other fields own; giving them twice would let the two disagree.
+RESERVED_ENGINE_ARGS: dict[str, str] = {
+    "model": "source",
+    "served_model_name": "name",
+    "tensor_parallel_size": "parallelism.tensor",
+    "pipeline_parallel_size": "parallelism.pipeline",
+    "enable_expert_parallel": "parallelism.expert",
+    "distributed_executor_backend": "placement.executor",
+    "max_model_len": "max_model_len",
+}
+
+
+class Parallelism(Frozen):
+    """How one replica is split over accelerators."""
+
+    tensor: int = Field(1, ge=1, le=64, description="Tensor-parallel size: each layer's heads split over this many accelerators.")
+    pipeline: int = Field(1, ge=1, le=64, description="Pipeline-parallel size: layers split into this many stages.")
+    expert: int = Field(
+        1, ge=1, le=64,
+        description="Expert-parallel size for MoE models; 1 disables it, otherwise it must equal `tensor` "
+        "(vLLM spreads experts over the tensor-parallel group of each stage).",
+    )
+
+    @model_validator(mode="after")
+    def _expert_matches_tensor(self) -> "Parallelism":
+        if self.expert not in (1, self.tensor):
+            raise FieldError(
+                "expert",
+                f"expert={self.expert} must be 1 (off) or equal tensor={self.tensor}: vLLM shards experts "
+                f"over the tensor-parallel group; set expert: {self.tensor} or tensor: {self.expert}",
+            )
+        return self
+
+    @property
+    def world_size(self) -> int:
+        """Accelerators (placement-group bundles) per replica: tensor x pipeline."""
+        return self.tensor * self.pipeline
+
+
+class Placement(Frozen):
+    """Where a replica's workers run: the Ray resource they take and how bundles are packed."""
+
+    accelerator: str = Field(
+        "GPU", min_length=1,
+        description='Ray resource one engine worker takes: "GPU" on GPU clusters, "CPU" on a laptop.',
+    )
+    accelerator_type: str | None = Field(
+        None, description='Optional Ray accelerator type to pin to, e.g. "A100" or "L4" (Ray resource accelerator_type:<name>).'
+    )
+    strategy: Literal["auto", "STRICT_PACK", "PACK", "SPREAD"] = Field(
+        "auto",
+        description="Placement-group strategy; auto = STRICT_PACK when the replica fits one node, else PACK.",
+    )
+    accelerators_per_node: int | None = Field(
+        None, ge=1,
+        description="Accelerators per node, for `strategy: auto` when no live cluster is at hand; "
+        "read from the Ray cluster when omitted.",
+    )
+    cpus_per_worker: float = Field(1.0, ge=0, description="CPUs each engine worker bundle asks for beside its accelerator.")
+    executor: Literal["auto", "mp", "ray"] = Field(
+        "auto",
+        description="vLLM distributed executor; auto = mp within one node or on the CPU, ray across nodes on GPUs.",
+    )
+    schedule_timeout_s: float = Field(
+        120.0, gt=0, description="How long a replica's placement group may stay pending before deploy fails."
+    )
+
+    @property
+    def on_cpu(self) -> bool:
+        """True when engine workers are CPU processes (vLLM's CPU platform)."""
+        return self.accelerator.upper() == "CPU"
+
+
+class ModelConfig(Frozen):
+    """One model deployment: what to serve and how it is laid out."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$", max_length=128,
+                      description="Served model name: the `model` field of OpenAI requests.")
+    source: str = Field(..., min_length=1, description=(
+        "Weights: a local dir (absolute, ~ or ./ path), a hub id (org/name, needs the cluster to reach the hub), "
+        "or tiny:dense / tiny:moe for the tiny models built locally with random weights."))
+    engine: Literal["vllm"] = Field("vllm", description="Engine behind the deployment.")
+    engine_args: dict[str, Any] = Field(default_factory=dict, description=(
+        "Passed through to vLLM's AsyncEngineArgs (e.g. dtype, enforce_eager, max_num_seqs); "
+        "keys owned by other fields are refused."))
+    max_model_len: int | None = Field(None, ge=16, description="Context length in tokens; the model's own when omitted.")
+    parallelism: Parallelism = Field(default_factory=Parallelism, description="Tensor / pipeline / expert split of one replica.")
+    placement: Placement = Field(default_factory=Placement, description="Ray resources and packing of a replica.")
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Replica bounds.")
+    max_ongoing_requests: int = Field(256, ge=1, description="Requests Serve sends to one replica at once; vLLM batches them.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables for the replica and its engine workers.")
+
+    @field_validator("source")
+    @classmethod
+    def _known_tiny(cls, v: str) -> str:
+        if v.startswith(TINY_PREFIX) and v[len(TINY_PREFIX):] not in TINY_SPECS:
+            raise ValueError(f"unknown tiny model {v!r}; use one of {', '.join(TINY_PREFIX + k for k in TINY_SPECS)}")
+        return v
+
+    @field_validator("engine_args")
+    @classmethod
+    def _no_reserved(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            owner = RESERVED_ENGINE_ARGS.get(key.replace("-", "_"))
+            if owner:
+                raise FieldError(key, f"is set through models[].{owner}, not engine_args; move it there")
+        return v
+
+    @model_validator(mode="after")
+    def _fits_model(self) -> "ModelConfig":
+        try:
+            shape = shape_of_source(self.source)
+        except (FileNotFoundError, ValueError) as e:
+            raise FieldError("source", f"{self.source!r}: {e}") from e
+        if shape is not None:
+            _check_parallelism(self.parallelism, shape)
+            if self.max_model_len and shape.max_position_embeddings and self.max_model_len > shape.max_position_embeddings:
+                raise FieldError(
+                    "max_model_len",
+                    f"max_model_len={self.max_model_len} exceeds the model's max_position_embeddings="
+                    f"{shape.max_position_embeddings}; lower it",
+                )
+        p = self.placement
+        if p.on_cpu and p.executor == "ray":
+            raise FieldError("placement.executor", "executor=ray is refused by vLLM on the CPU platform; use mp or auto")
+        if p.accelerators_per_node and p.strategy == "STRICT_PACK" and self.parallelism.world_size > p.accelerators_per_node:
+            raise FieldError(
+                "placement.strategy",
+                f"STRICT_PACK needs {self.parallelism.world_size} accelerators on one node but "
+                f"accelerators_per_node={p.accelerators_per_node}; use strategy: PACK (pipeline stages across nodes) or auto",
+            )
+        return self
+
+
+def _check_parallelism(par: Parallelism, shape: ModelShape) -> None:
+    heads, kv, layers = shape.num_attention_heads, shape.num_key_value_heads, shape.num_hidden_layers
+    if heads % par.tensor:
+        ok = [d for d in range(1, heads + 1) if heads % d == 0]
+        raise FieldError("parallelism.tensor", f"tensor={par.tensor} does not divide num_attention_heads={heads}; use one of {ok}")
+    if kv % par.tensor and par.tensor % kv:
+        raise FieldError(
+            "parallelism.tensor",
+            f"tensor={par.tensor} and num_key_value_heads={kv}: one must divide the other (KV heads are split or replicated)",
+        )
+    if par.pipeline > layers:
+        raise FieldError("parallelism.pipeline", f"pipeline={par.pipeline} exceeds num_hidden_layers={layers}; each stage needs a layer")
+    if par.expert > 1:
+        if not shape.num_experts:
+            raise FieldError("parallelism.expert", f"expert={par.expert} but the model is dense (no experts); set expert: 1")
+        if shape.num_experts % par.expert:
+            raise FieldError(
+                "parallelism.expert", f"expert={par.expert} does not divide the model's {shape.num_experts} experts"
+            )
+
+
+class HttpConfig(Frozen):
+    """Where Serve's HTTP proxy listens."""
+
+    host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 inside a cluster.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    request_timeout_s: float | None = Field(None, gt=0, description="End-to-end request timeout; none by default (long generations).")
+
+
+class TelemetryConfig(Frozen):
+    """OpenTelemetry export (placeholder: wired when tracing lands)."""
+
+    otlp_endpoint: str | None = Field(None, description="OTLP collector URL; tracing is off when omitted.")
+    service_name: str = Field("fleetserve", min_length=1, description="service.name resource attribute.")
+    sampling_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of requests traced.")
+
+
+class AppConfig(Frozen):
+    """The whole application: the single source of truth for app, placement, autoscaling, manifests and load plans."""
+
+    name: str = Field("fleetserve", pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=63, description="Serve application name.")
+    http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP listener.")
+    api_keys: tuple[SecretStr, ...] = Field((), description="Bearer tokens accepted; empty = no auth.")
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, description="Tracing export.")
+    models: tuple[ModelConfig, ...] = Field(..., min_length=1, description="Model deployments, routed by `model` name.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "AppConfig":
+        seen: dict[str, int] = {}
+        for i, m in enumerate(self.models):
+            if m.name in seen:
+                raise FieldError(f"models[{i}].name", f"{m.name!r} is already used by models[{seen[m.name]}]; names must be unique")
+            seen[m.name] = i
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        """Return the model deployment serving `name` (KeyError if none)."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
