@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from serve_app.config._autoscaling import AutoscalingConfig
+from serve_app.config._kubernetes import KubernetesConfig
 from serve_app.config._load import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, load_config, parse_config
 from serve_app.config._schema import (
     RESERVED_ENGINE_ARGS,
@@ -27,6 +28,7 @@ __all__ = [
     "AppConfig", "AutoscalingConfig", "HttpConfig", "ModelConfig", "Parallelism", "Placement", "TelemetryConfig",
     "ModelShape", "RESERVED_ENGINE_ARGS", "TINY_PREFIX", "TINY_SPECS", "CONFIG_ENV_VAR", "DEFAULT_CONFIG_PATH",
     "load_config", "parse_config", "resolve_local_dir", "shape_of_source", "models_home", "tiny_model_dir",
+    "KubernetesConfig",
     "app", "build_app",
 ]
 

@@ -1,6 +1,12 @@
-"""Autoscaling section of a model deployment: replica bounds (the policy grows here)."""
+"""Autoscaling section of a model deployment: replica bounds and the queue-depth policy.
+
+The policy itself lives in `serve_app.autoscaling.policy` (pure); this model only holds its
+knobs, so one YAML file tunes it. Every time is in seconds (`_s`), every percent is 0–100.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -11,7 +17,7 @@ __all__ = ["AutoscalingConfig"]
 
 
 class AutoscalingConfig(Frozen):
-    """How many replicas a model deployment may run."""
+    """How many replicas a model deployment may run, and how the queue-depth policy picks the count."""
 
     min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 allows scale-to-zero.")
     max_replicas: int = Field(1, ge=1, description="Most replicas; each holds a whole TP x PP placement group.")
@@ -19,8 +25,86 @@ class AutoscalingConfig(Frozen):
         None, ge=0, description="Replicas at deploy time; defaults to min_replicas (at least 1)."
     )
 
+    # -- the signal ------------------------------------------------------------------------
+    metric: Literal["requests", "tokens"] = Field(
+        "requests",
+        description="What the backlog is counted in: waiting requests, or waiting prompt tokens "
+        "(better when prompt lengths differ a lot).",
+    )
+    target_queue_per_replica: float = Field(
+        4.0, gt=0,
+        description="Backlog (requests waiting in the engine plus queued at Serve handles) each replica "
+        "should carry when metric=requests.",
+    )
+    target_waiting_tokens_per_replica: int = Field(
+        8192, gt=0,
+        description="Waiting prompt tokens each replica should carry when metric=tokens. A request still "
+        "queued at a handle counts as target_waiting_tokens_per_replica / target_queue_per_replica tokens.",
+    )
+    downscale_max_kv_usage: float = Field(
+        0.7, gt=0, le=1,
+        description="Drain-safe scale-down: keep enough replicas that the running work would use at most "
+        "this fraction (0-1) of their KV cache after the others drain.",
+    )
+
+    # -- timing ----------------------------------------------------------------------------
+    idle_timeout_s: float = Field(
+        600.0, gt=0,
+        description="With min_replicas=0: seconds with nothing running or waiting before scaling to zero.",
+    )
+    upscale_stabilization_s: float = Field(
+        10.0, ge=0,
+        description="Scale up only to a count wanted throughout this window (the lowest recent wish); "
+        "0 reacts at once. Panic and wake-from-zero skip it.",
+    )
+    downscale_stabilization_s: float = Field(
+        300.0, ge=0,
+        description="Scale down only to a count wanted throughout this window (the highest recent wish).",
+    )
+    upscale_cooldown_s: float = Field(
+        15.0, ge=0, description="No further scale-up within this long after a scale-up (panic skips it)."
+    )
+    downscale_cooldown_s: float = Field(
+        60.0, ge=0, description="No scale-down within this long after any scale-up or scale-down."
+    )
+    policy_interval_s: float = Field(
+        1.0, ge=0,
+        description="Seconds between decisions; Serve calls the policy every ~0.1 s and the calls in "
+        "between keep the current target without a decision.",
+    )
+    metrics_push_interval_s: float = Field(
+        1.0, gt=0,
+        description="How often replicas and handles push their load to the Serve controller "
+        "(Serve's metrics_interval_s).",
+    )
+    metrics_look_back_s: float = Field(
+        5.0, gt=0,
+        description="Serve averages each pushed metric over this window (Serve's look_back_period_s); "
+        "must exceed metrics_push_interval_s.",
+    )
+
+    # -- step limits and panic --------------------------------------------------------------
+    max_step_up: int = Field(4, ge=1, description="Replicas one decision may add (the larger of this and the percent wins).")
+    max_step_up_percent: float = Field(
+        100.0, ge=0, le=1000, description="Percent of the current target one decision may add."
+    )
+    max_step_down: int = Field(1, ge=1, description="Replicas one decision may remove (the larger of this and the percent wins).")
+    max_step_down_percent: float = Field(
+        10.0, ge=0, le=100, description="Percent of the current target one decision may remove."
+    )
+    panic_threshold: float = Field(
+        3.0, ge=1,
+        description="Panic when the backlog per replica (starting replicas included) reaches this many "
+        "times the target: scale at once, skipping the upscale window and cooldown, still step-capped.",
+    )
+
+    # -- audit ------------------------------------------------------------------------------
+    history_size: int = Field(
+        512, ge=1, le=100_000, description="Decisions kept in memory for `fleetserve autoscaler explain`."
+    )
+
     @model_validator(mode="after")
-    def _bounds(self) -> "AutoscalingConfig":
+    def _rules(self) -> "AutoscalingConfig":
         if self.max_replicas < self.min_replicas:
             raise FieldError(
                 "max_replicas",
@@ -33,6 +117,19 @@ class AutoscalingConfig(Frozen):
                 f"initial_replicas ({self.initial_replicas}) must lie in "
                 f"[min_replicas={self.min_replicas}, max_replicas={self.max_replicas}]",
             )
+        if "idle_timeout_s" in self.model_fields_set and self.min_replicas > 0:
+            raise FieldError(
+                "idle_timeout_s",
+                f"idle_timeout_s ({self.idle_timeout_s}) only applies to scale-to-zero but min_replicas is "
+                f"{self.min_replicas}; set min_replicas: 0 or remove idle_timeout_s",
+            )
+        if self.metrics_look_back_s <= self.metrics_push_interval_s:
+            raise FieldError(
+                "metrics_look_back_s",
+                f"metrics_look_back_s ({self.metrics_look_back_s}) must be > metrics_push_interval_s "
+                f"({self.metrics_push_interval_s}) so each window holds a pushed sample; raise it to at "
+                f"least {2 * self.metrics_push_interval_s:g}",
+            )
         return self
 
     @property
@@ -44,3 +141,8 @@ class AutoscalingConfig(Frozen):
     def is_fixed(self) -> bool:
         """True when min == max: the deployment runs a fixed number of replicas."""
         return self.min_replicas == self.max_replicas
+
+    @property
+    def target_backlog_per_replica(self) -> float:
+        """Target backlog per replica in the unit of `metric` (requests or tokens)."""
+        return float(self.target_waiting_tokens_per_replica if self.metric == "tokens" else self.target_queue_per_replica)

@@ -6,8 +6,10 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from serve_app.config._accelerators import Accelerators
 from serve_app.config._autoscaling import AutoscalingConfig
 from serve_app.config._base import Frozen
+from serve_app.config._kubernetes import KubernetesConfig
 from serve_app.config._shape import ModelShape, shape_of_source
 from serve_app.config._tiny import TINY_PREFIX, TINY_SPECS
 from serve_app.errors import FieldError
@@ -108,7 +110,12 @@ class ModelConfig(Frozen):
         "Passed through to vLLM's AsyncEngineArgs (e.g. dtype, enforce_eager, max_num_seqs); "
         "keys owned by other fields are refused."))
     max_model_len: int | None = Field(None, ge=16, description="Context length in tokens; the model's own when omitted.")
-    parallelism: Parallelism = Field(default_factory=Parallelism, description="Tensor / pipeline / expert split of one replica.")
+    parallelism: Parallelism | Literal["auto"] = Field(default_factory=Parallelism, description=(
+        "Tensor / pipeline / expert split of one replica; auto = the capacity planner's top plan "
+        "(cluster.planner.resolve_parallelism) for the cluster the app is built on."))
+    quantization: str | None = Field(None, min_length=1, description=(
+        "Weight format the capacity planner assumes for `parallelism: auto` (bf16, fp8, int8, awq, gptq, nf4, nf4-dq, "
+        "gguf-q4_k, ...); from engine_args.dtype when omitted. Planning only: vLLM's kernel is still engine_args.quantization."))
     placement: Placement = Field(default_factory=Placement, description="Ray resources and packing of a replica.")
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Replica bounds.")
     max_ongoing_requests: int = Field(256, ge=1, description="Requests Serve sends to one replica at once; vLLM batches them.")
@@ -137,7 +144,8 @@ class ModelConfig(Frozen):
         except (FileNotFoundError, ValueError) as e:
             raise FieldError("source", f"{self.source!r}: {e}") from e
         if shape is not None:
-            _check_parallelism(self.parallelism, shape)
+            if self.parallelism != "auto":  # auto: the planner validates the layouts it considers
+                _check_parallelism(self.parallelism, shape)
             if self.max_model_len and shape.max_position_embeddings and self.max_model_len > shape.max_position_embeddings:
                 raise FieldError(
                     "max_model_len",
@@ -147,7 +155,8 @@ class ModelConfig(Frozen):
         p = self.placement
         if p.on_cpu and p.executor == "ray":
             raise FieldError("placement.executor", "executor=ray is refused by vLLM on the CPU platform; use mp or auto")
-        if p.accelerators_per_node and p.strategy == "STRICT_PACK" and self.parallelism.world_size > p.accelerators_per_node:
+        if (p.accelerators_per_node and p.strategy == "STRICT_PACK" and self.parallelism != "auto"
+                and self.parallelism.world_size > p.accelerators_per_node):
             raise FieldError(
                 "placement.strategy",
                 f"STRICT_PACK needs {self.parallelism.world_size} accelerators on one node but "
@@ -183,6 +192,11 @@ class HttpConfig(Frozen):
     host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 inside a cluster.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
     request_timeout_s: float | None = Field(None, gt=0, description="End-to-end request timeout; none by default (long generations).")
+    ingress: Literal["auto", "router"] = Field(
+        "auto",
+        description="auto: with one model its replicas serve HTTP themselves (no extra hop); with several, "
+        "a router deployment routes by `model`. router: always deploy the router.",
+    )
 
 
 class TelemetryConfig(Frozen):
@@ -201,6 +215,11 @@ class AppConfig(Frozen):
     api_keys: tuple[SecretStr, ...] = Field((), description="Bearer tokens accepted; empty = no auth.")
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, description="Tracing export.")
     models: tuple[ModelConfig, ...] = Field(..., min_length=1, description="Model deployments, routed by `model` name.")
+    accelerators: Accelerators = Field((), description=(
+        "User-defined accelerators for the capacity planner, beside its built-in catalog (same name wins here)."))
+    kubernetes: KubernetesConfig = Field(
+        default_factory=KubernetesConfig, description="How the app runs as a KubeRay RayService (cluster/k8s renders it)."
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> "AppConfig":

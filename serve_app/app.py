@@ -1,0 +1,165 @@
+"""Build the Serve application from the one config. The only place that binds deployments.
+
+    AppConfig ──► per model: layout (bundles, strategy, executor) ──► ModelServer.options(...)
+              └─► one model and ingress=auto: ModelServer is the ingress (direct HTTP)
+                  several models or ingress=router: Router.bind({name: handle})
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray import serve
+from ray.serve import Application
+
+from serve_app.config import AppConfig, ModelConfig, Parallelism, parse_config, load_config, resolve_local_dir
+from serve_app.config._tiny import TINY_PREFIX
+from serve_app.errors import ConfigError
+
+__all__ = ["build_application", "build_app_from_args", "Layout", "layout_for", "deployment_options", "ensure_ray"]
+
+log = logging.getLogger(__name__)
+
+# vLLM on the CPU fails at start without these (see README "CPU stack"); users may override.
+_CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one replica of a model runs."""
+
+    parallelism: Parallelism
+    bundles: tuple[dict[str, float], ...]
+    strategy: str
+    executor: str  # vLLM distributed executor: "mp" or "ray"
+
+
+def _accelerators_per_node(model: ModelConfig) -> int | None:
+    if model.placement.accelerators_per_node:
+        return model.placement.accelerators_per_node
+    if ray.is_initialized():
+        counts = [n["Resources"].get(model.placement.accelerator, 0) for n in ray.nodes() if n.get("Alive")]
+        return int(max(counts)) if counts else None
+    return None
+
+
+def layout_for(model: ModelConfig, *, accelerators_per_node: int | None = None) -> Layout:
+    """Resolve bundles, strategy and executor of one replica of `model`.
+
+    STRICT_PACK when the replica fits one node, else PACK (pipeline stages cross nodes, which
+    needs vLLM's ray executor on GPUs). On the CPU the executor is always mp: vLLM refuses ray there.
+    """
+    par, p = model.parallelism, model.placement
+    per_node = accelerators_per_node or _accelerators_per_node(model)
+    strategy = p.strategy
+    if strategy == "auto":
+        strategy = "STRICT_PACK" if per_node is None or par.world_size <= per_node else "PACK"
+    executor = p.executor
+    if executor == "auto":
+        executor = "mp" if p.on_cpu or par.world_size == 1 else "ray"
+    if p.on_cpu:
+        bundle = {"CPU": max(1.0, p.cpus_per_worker)}
+    else:
+        bundle = {p.accelerator: 1.0, "CPU": p.cpus_per_worker}
+        if p.accelerator_type:
+            bundle[f"accelerator_type:{p.accelerator_type}"] = 0.001
+    return Layout(par, tuple(dict(bundle) for _ in range(par.world_size)), strategy, executor)
+
+
+def deployment_options(model: ModelConfig, layout: Layout) -> dict[str, Any]:
+    """Return the `serve.deployment(...).options()` kwargs of `model`'s deployment."""
+    env = dict(_CPU_ENV_DEFAULTS) if model.placement.on_cpu else {}
+    env.update(model.env)
+    bundle0 = layout.bundles[0]
+    opts: dict[str, Any] = {
+        "name": "model-" + re.sub(r"[^A-Za-z0-9_-]+", "-", model.name),
+        "placement_group_bundles": [dict(b) for b in layout.bundles],
+        "placement_group_strategy": layout.strategy,
+        # The replica actor takes bundle 0's CPU; its engine workers take the accelerators.
+        "ray_actor_options": {"num_cpus": min(1.0, bundle0.get("CPU", 0.0)), "num_gpus": 0, "runtime_env": {"env_vars": env}},
+        "max_ongoing_requests": model.max_ongoing_requests,
+        "health_check_period_s": 10,
+        "health_check_timeout_s": 60,
+        "graceful_shutdown_timeout_s": 30,
+    }
+    a = model.autoscaling
+    if a.is_fixed:
+        opts["num_replicas"] = a.min_replicas
+    else:
+        opts["autoscaling_config"] = {
+            "min_replicas": a.min_replicas,
+            "max_replicas": a.max_replicas,
+            "initial_replicas": a.start_replicas,
+        }
+    return opts
+
+
+def _model_dir(model: ModelConfig) -> str:
+    if model.source.startswith(TINY_PREFIX):
+        from serve_app.tiny_models import ensure_tiny_model
+
+        return str(ensure_tiny_model(model.source[len(TINY_PREFIX):]))
+    local = resolve_local_dir(model.source)
+    return str(local) if local else model.source  # hub id: vLLM fetches it on the cluster
+
+
+def ensure_ray(config: AppConfig) -> None:
+    """Connect to $RAY_ADDRESS, or start a local Ray sized for `config` when none is given."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, namespace="serve")
+        return
+    # Logical CPUs: vLLM's CPU workers pin their own threads, Ray's count is bookkeeping.
+    need = sum(sum(b.get("CPU", 0) for b in layout_for(m, accelerators_per_node=10**6).bundles)
+               * m.autoscaling.max_replicas for m in config.models)
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(need) + 2), namespace="serve")
+
+
+def build_application(config: AppConfig, *, check_placement: bool = True) -> Application:
+    """Return the Serve application for `config`.
+
+    With Ray connected (it connects to $RAY_ADDRESS or starts locally first), each model's
+    placement group is probed and a placement no node can hold raises PlacementError within
+    `placement.schedule_timeout_s` instead of hanging the deploy.
+    """
+    from cluster.placement import check_schedulable
+    from serve_app.deployment import DirectModelServer, ModelServer, ReplicaSpec
+    from serve_app.ingress.router import Router
+
+    ensure_ray(config)
+    api_keys = tuple(k.get_secret_value() for k in config.api_keys)
+    bound = {}
+    for i, m in enumerate(config.models):
+        layout = layout_for(m)
+        if check_placement:
+            check_schedulable(model=m.name, bundles=list(layout.bundles), strategy=layout.strategy,
+                              timeout_s=m.placement.schedule_timeout_s)
+        spec = ReplicaSpec(model=m, model_index=i, model_dir=_model_dir(m), parallelism=layout.parallelism,
+                           executor=layout.executor, api_keys=api_keys)
+        direct = len(config.models) == 1 and config.http.ingress == "auto"
+        cls = DirectModelServer if direct else ModelServer
+        bound[m.name] = serve.deployment(cls).options(**deployment_options(m, layout)).bind(spec)
+    if len(bound) == 1 and config.http.ingress == "auto":
+        return next(iter(bound.values()))
+    router = serve.deployment(Router).options(
+        name="router", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100_000
+    )
+    return router.bind(bound, api_keys)
+
+
+def build_app_from_args(args: dict[str, Any]) -> Application:
+    """Serve builder body: `config` is a YAML path or the config mapping itself (RayService args)."""
+    unknown = set(args) - {"config"}
+    if unknown:
+        raise ConfigError([(k, "unknown builder argument; the only one is `config`") for k in sorted(unknown)],
+                          source="builder args")
+    cfg = args.get("config")
+    config = parse_config(cfg, source="builder args config") if isinstance(cfg, dict) else load_config(cfg)
+    return build_application(config)

@@ -1,0 +1,166 @@
+"""Audit trail of autoscaling decisions: one JSON log line each, a bounded history, a readable table.
+
+Pure (json, logging, collections). A record is a plain JSON-able dict, so the same shape travels
+through the log line, the HTTP endpoint, a JSONL file and `fleetserve autoscaler explain`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from typing import Any, Callable, Iterable
+
+from serve_app.autoscaling.policy import Decision
+
+__all__ = ["EVENT", "AuditLog", "decision_record", "read_records", "format_table"]
+
+EVENT = "fleetserve.autoscaler.decision"
+_log = logging.getLogger("fleetserve.autoscaler")
+
+
+def decision_record(decision: Decision, *, model: str) -> dict[str, Any]:
+    """Return the JSON-able record of one decision: time, inputs, raw wish, clamps in order, result."""
+    obs = decision.observation
+    return {
+        "event": EVENT,
+        "model": model,
+        "time_s": obs.now_s,
+        "inputs": obs.model_dump(exclude={"now_s"}),
+        "backlog": round(decision.backlog, 3),
+        "unit": decision.unit,
+        "queue_need": decision.queue_need,
+        "busy_need": decision.busy_need,
+        "raw_desired": decision.raw_desired,
+        "mode": decision.mode,
+        "clamps": [c.to_dict() for c in decision.clamps],
+        "previous_replicas": decision.previous_replicas,
+        "target_replicas": decision.target_replicas,
+        "direction": decision.direction,
+    }
+
+
+class AuditLog:
+    """The last `size` decisions of one model, each also logged as one JSON line.
+
+    `on_record` (optional) is called with every record: the Serve adapter uses it to set metrics
+    and to publish the record where the HTTP endpoint can read it.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        size: int = 512,
+        logger: logging.Logger | None = None,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+    ):
+        self.model = model
+        self.size = size
+        self._records: deque[dict[str, Any]] = deque(maxlen=size)
+        self._logger = logger or _log
+        self._on_record = on_record
+
+    def record(self, decision: Decision) -> dict[str, Any]:
+        """Keep, log and publish one decision; return its record."""
+        rec = decision_record(decision, model=self.model)
+        self.add(rec)
+        # Holds without clamps are the steady state: log them at DEBUG so INFO reads as a story.
+        level = logging.INFO if rec["direction"] != "hold" or rec["clamps"] else logging.DEBUG
+        self._logger.log(level, json.dumps(rec, separators=(",", ":"), default=str))
+        if self._on_record is not None:
+            self._on_record(rec)
+        return rec
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Keep an already-built record (e.g. received from another process)."""
+        self._records.append(record)
+
+    def history(self, last: int | None = None) -> list[dict[str, Any]]:
+        """Return the kept records, oldest first; only the newest `last` when given."""
+        records = list(self._records)
+        return records[-last:] if last else records
+
+    def to_dict(self, last: int | None = None) -> dict[str, Any]:
+        """Return what the HTTP endpoint serves: model, capacity and the records."""
+        records = self.history(last)
+        return {"model": self.model, "history_size": self.size, "count": len(records), "decisions": records}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
+def read_records(text: str) -> list[dict[str, Any]]:
+    """Parse decision records from an endpoint's JSON body, a JSON list, or JSONL / log lines.
+
+    Log lines may carry a prefix before the JSON object (Ray's controller log does); lines that are
+    not decision records are skipped. Raises ValueError when nothing parses.
+    """
+    stripped = text.strip()
+    if stripped.startswith(("{", "[")):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError:
+            data = None  # JSONL: one object per line
+        if isinstance(data, dict):
+            return [r for r in data.get("decisions", [data]) if _is_record(r)]
+        if isinstance(data, list):
+            return [r for r in data if _is_record(r)]
+    out = []
+    for line in stripped.splitlines():
+        start = line.find("{")
+        if start < 0:
+            continue
+        try:
+            rec = json.loads(line[start:])
+        except json.JSONDecodeError:
+            continue
+        if _is_record(rec):
+            out.append(rec)
+    if not out and stripped:
+        raise ValueError("no autoscaler decision records found (expected JSON, JSONL or log lines with "
+                         f'"event": "{EVENT}")')
+    return out
+
+
+def _is_record(r: Any) -> bool:
+    return isinstance(r, dict) and r.get("event") == EVENT
+
+
+def format_table(records: Iterable[dict[str, Any]], *, why: bool = False, changes_only: bool = False) -> str:
+    """Render records as a fixed-width table, one decision a row; `why` adds each clamp's reason."""
+    header = ("time", "model", "replicas", "raw", "need q/b", "backlog", "mode", "clamps")
+    rows: list[tuple[str, ...]] = []
+    notes: dict[int, list[str]] = {}
+    for rec in records:
+        if changes_only and rec["direction"] == "hold" and not rec["clamps"]:
+            continue
+        inputs = rec.get("inputs", {})
+        starting = inputs.get("starting_replicas", 0)
+        replicas = f"{rec['previous_replicas']}->{rec['target_replicas']}"
+        if starting:
+            replicas += f" ({starting} starting)"
+        unit = "tok" if rec.get("unit") == "tokens" else "req"
+        clamps = ", ".join(f"{c['name']} {c['before']}->{c['after']}" for c in rec["clamps"]) or "-"
+        rows.append((
+            _fmt_time(rec["time_s"]), rec.get("model", ""), replicas, str(rec["raw_desired"]),
+            f"{rec['queue_need']}/{rec['busy_need']}", f"{rec['backlog']:g} {unit}", rec["mode"], clamps,
+        ))
+        if why and rec["clamps"]:
+            notes[len(rows) - 1] = [f"{c['name']}: {c['why']}" for c in rec["clamps"]]
+    if not rows:
+        return "(no decisions)"
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  " + header[-1]]
+    for i, row in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+        lines.extend(" " * 4 + "- " + note for note in notes.get(i, []))
+    return "\n".join(lines)
+
+
+def _fmt_time(t: float) -> str:
+    # Serve passes wall-clock epoch seconds; replays start near 0.
+    if t > 1e9:
+        return time.strftime("%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 10)}Z"
+    return f"{t:.1f}"

@@ -1,0 +1,96 @@
+"""ModelServer: one Serve replica = one engine spanning the replica's placement group.
+
+    Serve proxy ──HTTP──► ModelServer (direct: vLLM's OpenAI app is this replica's ASGI app)
+    Router ──handle.http()──► ModelServer ──forward_asgi──► vLLM's OpenAI app ──► AsyncLLM
+
+Serve places the replica actor in bundle 0 of the placement group; vLLM's workers are
+processes of the replica (mp executor) or Ray actors scheduled into the same group (ray
+executor). Engine stats reach the autoscaler through `record_autoscaling_stats`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from ray import serve
+
+from serve_app.config import ModelConfig, Parallelism
+from serve_app.ingress.asgi_forward import forward_asgi
+
+__all__ = ["ModelServer", "DirectModelServer", "ReplicaSpec"]
+
+log = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """Everything a replica needs, resolved by the app builder (no lookups at replica start)."""
+
+    model: ModelConfig
+    model_index: int
+    model_dir: str
+    parallelism: Parallelism
+    executor: str  # "mp" or "ray"
+    api_keys: tuple[str, ...] = ()
+
+
+async def _start_engine(spec: ReplicaSpec):
+    if spec.model.engine == "vllm":
+        from serve_app.engines.vllm_engine import VLLMEngine, build_vllm_args
+
+        args = build_vllm_args(
+            spec.model,
+            model_dir=spec.model_dir,
+            parallelism=spec.parallelism,
+            executor=spec.executor,
+            api_keys=spec.api_keys,
+            field_prefix=f"models[{spec.model_index}]",
+        )
+        return await VLLMEngine.start(args)
+    raise ValueError(f"models[{spec.model_index}].engine: unknown engine {spec.model.engine!r}")
+
+
+class ModelServer:
+    """A Serve replica wrapping one engine and its OpenAI app."""
+
+    async def __init__(self, spec: ReplicaSpec):
+        self._spec = spec
+        self._engine = await _start_engine(spec)
+        log.info("fleetserve: %s ready (tp=%d pp=%d ep=%d executor=%s)", spec.model.name,
+                 spec.parallelism.tensor, spec.parallelism.pipeline, spec.parallelism.expert, spec.executor)
+
+    async def http(
+        self, method: str, path: str, query_string: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> AsyncIterator[Any]:
+        """Serve one HTTP request forwarded by the router; yields ("start", status, headers) then chunks."""
+        async for item in forward_asgi(
+            self._engine.asgi_app, method=method, path=path, query_string=query_string, headers=headers, body=body
+        ):
+            yield item
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Report the engine's queue signals to Serve's autoscaler (custom metrics)."""
+        return self._engine.stats().as_metrics()
+
+    async def check_health(self) -> None:
+        """Serve's health check: raises when the engine core has died, so Serve replaces the replica."""
+        await self._engine.check_health()
+
+    def __del__(self):
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            engine.shutdown()
+
+
+@serve.ingress()
+class DirectModelServer(ModelServer):
+    """ModelServer as the app's ingress: Serve's proxy hands HTTP straight to vLLM's app.
+
+    A separate class because Serve allows one ingress deployment per app: behind the router,
+    model deployments must be plain.
+    """
+
+    def __serve_build_asgi_app__(self):
+        return self._engine.asgi_app

@@ -1,0 +1,166 @@
+"""The vLLM engine behind a replica: AsyncLLM plus vLLM's own OpenAI FastAPI app.
+
+The only module that imports vllm. The flow inside one replica:
+
+    HTTP (Serve direct ingress or our router) ──► vLLM's OpenAI app (validation, chat template,
+    tokenization, SSE) ──► AsyncLLM (front end) ──► engine core (scheduler) ──► workers (TP×PP,
+    placed in the replica's placement group)
+                     scheduler stats ──► _QueueStats ──► EngineStats (autoscaling signals)
+
+We build vLLM's args with vLLM's own CLI parser so every server default (tool parsers, chat
+template handling, error formats) is exactly what `vllm serve` would use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from argparse import Namespace
+from typing import Any
+
+from serve_app.config import ModelConfig, Parallelism
+from serve_app.engines.base import EngineStats
+from serve_app.errors import EngineError
+
+__all__ = ["VLLMEngine", "build_vllm_args"]
+
+log = logging.getLogger(__name__)
+
+_TTFT_EWMA = 0.2  # weight of the newest TTFT sample in the recent-TTFT average
+
+
+def build_vllm_args(
+    model_cfg: ModelConfig,
+    *,
+    model_dir: str,
+    parallelism: Parallelism,
+    executor: str,
+    api_keys: tuple[str, ...] = (),
+    field_prefix: str = "models[?]",
+) -> Namespace:
+    """Return the Namespace `vllm serve` would parse for this deployment.
+
+    Raises EngineError naming `<field_prefix>.engine_args.<key>` for a key vLLM does not know.
+    """
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = make_arg_parser(FlexibleArgumentParser(prog="fleetserve"))
+    args = parser.parse_args(["--model", model_dir])
+    known = set(vars(args))
+    for key, value in model_cfg.engine_args.items():
+        dest = key.replace("-", "_")
+        if dest not in known:
+            close = sorted(k for k in known if dest.split("_")[0] in k)[:5]
+            raise EngineError(
+                f"{field_prefix}.engine_args.{key}: vLLM has no such argument"
+                + (f"; did you mean one of {close}?" if close else "")
+            )
+        setattr(args, dest, value)
+    args.served_model_name = [model_cfg.name]
+    args.tensor_parallel_size = parallelism.tensor
+    args.pipeline_parallel_size = parallelism.pipeline
+    args.enable_expert_parallel = parallelism.expert > 1
+    args.distributed_executor_backend = executor
+    if model_cfg.max_model_len:
+        args.max_model_len = model_cfg.max_model_len
+    if api_keys:
+        args.api_key = list(api_keys)
+    try:
+        validate_parsed_serve_args(args)
+    except (TypeError, ValueError) as e:
+        raise EngineError(f"{field_prefix}.engine_args: vLLM refused the arguments: {e}") from e
+    return args
+
+
+class _QueueStats:
+    """Latest scheduler stats of the engine; written by vLLM's stats path, read by Serve's."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stats = EngineStats()
+
+    def update(self, scheduler_stats, iteration_stats) -> None:
+        with self._lock:
+            s = self._stats
+            ttft = s.recent_ttft_s
+            if iteration_stats is not None:
+                for t in iteration_stats.time_to_first_tokens_iter:
+                    ttft = t if ttft == 0.0 else (1 - _TTFT_EWMA) * ttft + _TTFT_EWMA * t
+            if scheduler_stats is not None:
+                s = dataclasses.replace(
+                    s,
+                    waiting=scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs,
+                    running=scheduler_stats.num_running_reqs,
+                    kv_cache_usage=float(scheduler_stats.kv_cache_usage),
+                )
+            self._stats = dataclasses.replace(s, recent_ttft_s=ttft)
+
+    def snapshot(self) -> EngineStats:
+        with self._lock:
+            return self._stats
+
+
+def _stats_logger_factory(holder: _QueueStats):
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class QueueStatsLogger(StatLoggerBase):
+        def __init__(self, vllm_config, engine_index: int = 0):
+            self.engine_index = engine_index
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+            holder.update(scheduler_stats, iteration_stats)
+
+        def log_engine_initialized(self):
+            pass
+
+    return QueueStatsLogger
+
+
+class VLLMEngine:
+    """A started vLLM engine and the OpenAI app in front of it."""
+
+    def __init__(self, engine_client, asgi_app, stats: _QueueStats):
+        self._engine = engine_client
+        self.asgi_app = asgi_app
+        self._stats = stats
+
+    @classmethod
+    async def start(cls, args: Namespace) -> "VLLMEngine":
+        """Start AsyncLLM from `args` (see build_vllm_args) and build vLLM's OpenAI app on it."""
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.entrypoints.launchers.app import build_app
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        holder = _QueueStats()
+        engine_args = AsyncEngineArgs.from_cli_args(args)
+        try:
+            vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+            engine = AsyncLLM.from_vllm_config(
+                vllm_config=vllm_config,
+                usage_context=UsageContext.OPENAI_API_SERVER,
+                stat_loggers=[_stats_logger_factory(holder)],
+                enable_log_requests=engine_args.enable_log_requests,
+                disable_log_stats=False,  # our stats logger needs the scheduler stats
+            )
+        except Exception as e:  # vLLM raises many types here; keep its message, add ours
+            raise EngineError(f"vLLM engine for {args.served_model_name[0]!r} failed to start: {e}") from e
+        supported_tasks = await engine.get_supported_tasks()
+        app = build_app(args, supported_tasks, engine.model_config)
+        await init_app_state(engine, app.state, args, supported_tasks)
+        return cls(engine, app, holder)
+
+    def stats(self) -> EngineStats:
+        """Return the latest scheduler signals."""
+        return self._stats.snapshot()
+
+    async def check_health(self) -> None:
+        """Raise if the engine core is dead."""
+        await self._engine.check_health()
+
+    def shutdown(self) -> None:
+        """Stop the engine core and its workers."""
+        self._engine.shutdown()
