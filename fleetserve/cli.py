@@ -9,11 +9,27 @@ from __future__ import annotations
 
 import typer
 
+from serve_app.autoscaling.cli import cli as autoscaler_cli
 from serve_app.tiny_models.cli import cli as models_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Serve LLMs on Ray Serve with vLLM.")
 app.add_typer(models_cli, name="models")
 # Each concern registers its sub-app here, one line each:
+app.add_typer(autoscaler_cli, name="autoscaler")
+
+
+@app.command("serve")
+def serve_cmd(config: str = typer.Option(None, "--config", "-c", help="deploy.yaml; default $FLEETSERVE_CONFIG or the embedded default")) -> None:
+    """Deploy the config on Ray (local, or $RAY_ADDRESS) and serve until Ctrl-C."""
+    from serve_app.config import load_config
+    from serve_app.errors import FleetserveError
+    from serve_app.launch import serve_forever
+
+    try:
+        serve_forever(load_config(config))
+    except FleetserveError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ def decision_record(decision: Decision, *, model: str) -> dict[str, Any]:
         "unit": decision.unit,
         "queue_need": decision.queue_need,
         "busy_need": decision.busy_need,
+        "running_per_replica": None if decision.running_per_replica is None else round(decision.running_per_replica, 3),
         "raw_desired": decision.raw_desired,
         "mode": decision.mode,
         "clamps": [c.to_dict() for c in decision.clamps],
@@ -129,12 +130,16 @@ def _is_record(r: Any) -> bool:
 
 
 def format_table(records: Iterable[dict[str, Any]], *, why: bool = False, changes_only: bool = False) -> str:
-    """Render records as a fixed-width table, one decision a row; `why` adds each clamp's reason."""
+    """Render records as a fixed-width table, one decision a row.
+
+    Consecutive decisions that read the same (same counts, backlog, mode and clamps) collapse into
+    one row with a time range and a count. `why` adds each clamp's reason under its row;
+    `changes_only` keeps only decisions that moved the target.
+    """
     header = ("time", "model", "replicas", "raw", "need q/b", "backlog", "mode", "clamps")
-    rows: list[tuple[str, ...]] = []
-    notes: dict[int, list[str]] = {}
+    groups: list[tuple[tuple[str, ...], float, float, int, list[str]]] = []  # row, first, last, count, notes
     for rec in records:
-        if changes_only and rec["direction"] == "hold" and not rec["clamps"]:
+        if changes_only and rec["direction"] == "hold":
             continue
         inputs = rec.get("inputs", {})
         starting = inputs.get("starting_replicas", 0)
@@ -143,19 +148,25 @@ def format_table(records: Iterable[dict[str, Any]], *, why: bool = False, change
             replicas += f" ({starting} starting)"
         unit = "tok" if rec.get("unit") == "tokens" else "req"
         clamps = ", ".join(f"{c['name']} {c['before']}->{c['after']}" for c in rec["clamps"]) or "-"
-        rows.append((
-            _fmt_time(rec["time_s"]), rec.get("model", ""), replicas, str(rec["raw_desired"]),
-            f"{rec['queue_need']}/{rec['busy_need']}", f"{rec['backlog']:g} {unit}", rec["mode"], clamps,
-        ))
-        if why and rec["clamps"]:
-            notes[len(rows) - 1] = [f"{c['name']}: {c['why']}" for c in rec["clamps"]]
-    if not rows:
+        row = (rec.get("model", ""), replicas, str(rec["raw_desired"]), f"{rec['queue_need']}/{rec['busy_need']}",
+               f"{rec['backlog']:g} {unit}", rec["mode"], clamps)
+        notes = [f"{c['name']}: {c['why']}" for c in rec["clamps"]] if why else []
+        if groups and groups[-1][0] == row and rec["direction"] == "hold":
+            g = groups[-1]
+            groups[-1] = (row, g[1], rec["time_s"], g[3] + 1, notes or g[4])
+        else:
+            groups.append((row, rec["time_s"], rec["time_s"], 1, notes))
+    if not groups:
         return "(no decisions)"
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    rows = []
+    for row, first, last, count, notes in groups:
+        when = _fmt_time(first) if count == 1 else f"{_fmt_time(first)}..{_fmt_time(last)} x{count}"
+        rows.append(((when, *row), notes))
+    widths = [max(len(r[i]) for r in [header, *(r for r, _ in rows)]) for i in range(len(header) - 1)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  " + header[-1]]
-    for i, row in enumerate(rows):
+    for row, notes in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
-        lines.extend(" " * 4 + "- " + note for note in notes.get(i, []))
+        lines.extend(" " * 4 + "- " + note for note in notes)
     return "\n".join(lines)
 
 

@@ -4,19 +4,24 @@ Pure: no Ray, no vLLM, no clock. Time arrives as `Observation.now_s`; every wind
 measured in seconds against it, never in ticks. The Serve adapter and the offline replay call the
 same `decide`.
 
-How the count is chosen (units follow `AutoscalingConfig.metric`: requests or prompt tokens):
+How the count is chosen (backlog and target in the unit of `AutoscalingConfig.metric`: requests,
+or prompt tokens; a request whose prompt length is unknown counts as target_tokens/target_requests):
 
     backlog     = queued at Serve handles + waiting in the engines
     capacity    = running replicas + starting replicas      # cold-start aware: capacity on the way counts
-    queue_need  = ceil(backlog / target)                     # replicas that hold the queue at target
-    busy_need   = ceil(running replicas * kv_usage / downscale_max_kv_usage), >= 1 while anything runs,
-                  <= capacity                                # drain-safe: the work must still fit
+    per_replica = running requests / running replicas while a backlog exists (the engines are full,
+                  so this is what one replica absorbs); remembered for when none runs
+    queue_need  = ceil((running + backlog) / (per_replica + target))   if backlog > 0, else 0
+                  # replicas that each run `per_replica` and hold `target` waiting: a new replica
+                  # takes a whole batch off the queue, and the same backlog asks for the same count
+    busy_need   = ceil(running replicas * kv_usage / downscale_max_kv_usage), >= 1 while anything
+                  runs, <= capacity                        # drain-safe: the work must still fit
     raw_desired = max(queue_need, busy_need)
 
 then clamps, in this order, each recorded when it changes the count:
-    bounds -> up/down stabilization (skipped by panic and wake-up) -> idle_timeout -> cooldowns
-    -> starting_replicas (no scale-down while capacity is unobserved) -> max_step_up/down
-    -> zero_from_one -> final_bounds.
+    bounds -> up/down stabilization (panic and wake-up skip the up window) -> idle_timeout
+    -> cooldowns (panic and wake-up skip the up one) -> starting_replicas (no scale-down while
+    capacity is unobserved) -> max_step_up/down -> zero_from_one -> final_bounds.
 The up window keeps the lowest wish of the last `upscale_stabilization_s`, the down window the
 highest of the last `downscale_stabilization_s` (as Kubernetes' HPA does); both are monotone deques
 over counts already bounded to [0, max_replicas], so state stays a few entries long.
@@ -74,6 +79,7 @@ class PolicyState:
     last_scale_up_s: float | None = None
     last_scale_down_s: float | None = None
     idle_since_s: float | None = None  # first instant of the current stretch with nothing running or waiting
+    running_per_replica: float | None = None  # requests one replica ran the last time a backlog was seen
     up_window: tuple[WindowSample, ...] = ()  # increasing counts: the front is the window's lowest wish
     down_window: tuple[WindowSample, ...] = ()  # decreasing counts: the front is the window's highest wish
 
@@ -84,6 +90,7 @@ class PolicyState:
             "last_scale_up_s": self.last_scale_up_s,
             "last_scale_down_s": self.last_scale_down_s,
             "idle_since_s": self.idle_since_s,
+            "running_per_replica": self.running_per_replica,
             "up_window": [list(s) for s in self.up_window],
             "down_window": [list(s) for s in self.down_window],
         }
@@ -98,6 +105,7 @@ class PolicyState:
             last_scale_up_s=d.get("last_scale_up_s"),
             last_scale_down_s=d.get("last_scale_down_s"),
             idle_since_s=d.get("idle_since_s"),
+            running_per_replica=d.get("running_per_replica"),
             up_window=tuple(WindowSample(float(t), int(n)) for t, n in d.get("up_window", ())),
             down_window=tuple(WindowSample(float(t), int(n)) for t, n in d.get("down_window", ())),
         )
@@ -129,6 +137,7 @@ class Decision:
     raw_desired: int
     queue_need: int
     busy_need: int
+    running_per_replica: float | None  # requests one full replica runs, as queue_need assumed
     backlog: float  # in the unit of `unit`
     unit: Literal["requests", "tokens"]
     mode: Mode  # panic / wake skip the upscale window and cooldown, never the step limits
@@ -158,8 +167,14 @@ def decide(obs: Observation, state: PolicyState, policy: AutoscalingConfig) -> D
     now, base, capacity = obs.now_s, obs.target_replicas, obs.capacity_replicas
     target = policy.target_backlog_per_replica
     backlog = _backlog(obs, policy)
+    unit = _units_per_request(policy)
 
-    queue_need = _ceil(backlog / target)
+    # A backlog means the engines run full batches: that is what one replica absorbs.
+    per_replica = state.running_per_replica
+    if backlog > 0 and obs.current_replicas > 0 and obs.running_requests > 0:
+        per_replica = obs.running_requests / obs.current_replicas
+    absorbed = (per_replica or 0.0) * unit
+    queue_need = _ceil((obs.running_requests * unit + backlog) / (absorbed + target)) if backlog > 0 else 0
     busy_need = _busy_need(obs, policy)
     raw = max(queue_need, busy_need)
     mode: Mode = "normal"
@@ -239,21 +254,28 @@ def decide(obs: Observation, state: PolicyState, policy: AutoscalingConfig) -> D
         last_scale_up_s=now if n > base else state.last_scale_up_s,
         last_scale_down_s=now if n < base else state.last_scale_down_s,
         idle_since_s=idle_since,
+        running_per_replica=per_replica,
         up_window=up_window,
         down_window=down_window,
     )
     return Decision(
         observation=obs, target_replicas=n, raw_desired=raw, queue_need=queue_need, busy_need=busy_need,
-        backlog=backlog, unit=policy.metric, mode=mode, clamps=tuple(clamps), state=new_state,
+        running_per_replica=per_replica, backlog=backlog, unit=policy.metric, mode=mode, clamps=tuple(clamps), state=new_state,
     )
+
+
+def _units_per_request(policy: AutoscalingConfig) -> float:
+    """What a request of unknown prompt length counts for in the policy's unit."""
+    if policy.metric == "tokens":
+        return policy.target_waiting_tokens_per_replica / policy.target_queue_per_replica
+    return 1.0
 
 
 def _backlog(obs: Observation, policy: AutoscalingConfig) -> float:
     """Work waiting for a slot, in the policy's unit."""
     if policy.metric == "tokens":
-        # A request still at a handle has no token count yet: count it at the target's own ratio.
-        per_request = policy.target_waiting_tokens_per_replica / policy.target_queue_per_replica
-        return obs.waiting_tokens + obs.queued_requests * per_request
+        # A request still at a handle has no token count yet.
+        return obs.waiting_tokens + obs.queued_requests * _units_per_request(policy)
     return obs.queued_requests + obs.waiting_requests
 
 

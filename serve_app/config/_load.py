@@ -51,6 +51,14 @@ def parse_config(data: Any, *, source: str = "config") -> AppConfig:
 def _problems(e: ValidationError) -> list[tuple[str, str]]:
     out = []
     errors = e.errors(include_url=False)
+    # A union field (e.g. `parallelism: Parallelism | "auto"`) reports one error per member, with
+    # the member's tag in the loc; keep the errors of the structured member, named by field path.
+    tagged = [e for e in errors if any(_is_tag(p) for p in e["loc"])]
+    if tagged:
+        structured = [e for e in tagged if not any(isinstance(p, str) and p.startswith("literal[") for p in e["loc"])]
+        errors = [e for e in errors if e not in tagged] + [
+            {**e, "loc": tuple(p for p in e["loc"] if not _is_tag(p))} for e in (structured or tagged)
+        ]
     for err in errors:
         # "models: should have at least 1 item" only because every item failed: say the item errors only
         if err["type"] == "too_short" and any(o is not err and o["loc"][: len(err["loc"])] == err["loc"] for o in errors):
@@ -66,6 +74,10 @@ def _problems(e: ValidationError) -> list[tuple[str, str]]:
                 msg = f"{err['input']!r}: {msg}"
         out.append((_path(loc), msg))
     return out
+
+
+def _is_tag(part) -> bool:
+    return isinstance(part, str) and "[" in part and not part.startswith("[")
 
 
 def _path(loc: list) -> str:

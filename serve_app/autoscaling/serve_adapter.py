@@ -1,0 +1,226 @@
+"""Thin adapter between Ray Serve and the pure policy: context -> Observation -> decide -> (replicas, state).
+
+The one module of serve_app.autoscaling that imports Ray. It holds no scaling logic.
+
+Wiring, in the deployment builder:
+
+    serve.deployment(..., **deployment_scaling_options(model_cfg.autoscaling, model=model_cfg.name))
+      │  Serve imports POLICY_IMPORT_PATH and builds QueueDepthPolicy(**policy_kwargs) once, in the
+      ▼  controller process, then calls it every control-loop tick (~0.1 s)
+    QueueDepthPolicy(ctx) ──► observation_from_context(ctx) ──► due? ──► decide(...) ──► Decision
+      │                                                                     │
+      │  (target, {"fleetserve": state})  ◄──────────────────────────────────┤
+      ▼                                                                     ▼
+    Serve: factors (1.0), delays (0 s), bounds      AuditLog: JSON log line, gauges, audit store actor
+                                                        ▲
+    ingress GET /-/autoscaler/{model} ──► await fetch_history(model)
+
+Replicas report the engine's load from `record_autoscaling_stats()` under the METRIC_* names below.
+Serve averages each over `look_back_period_s` per replica; the adapter sums counts over replicas
+and averages KV usage and TTFT. Without those metrics the backlog is Serve's handle queue only.
+
+Serve itself still short-cuts the policy while a deployment has zero running replicas and any
+request (its "cold start fast path"): the wake-up from zero is then Serve's, and the audit trail
+starts with the first decision once a replica runs. The pure policy wakes up the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import ray
+
+from serve_app.autoscaling.audit import AuditLog
+from serve_app.autoscaling.policy import Observation, PolicyState, decide, due
+from serve_app.config import AutoscalingConfig
+
+if TYPE_CHECKING:
+    from ray.serve.config import AutoscalingContext
+
+__all__ = [
+    "POLICY_IMPORT_PATH", "STATE_KEY", "AUDIT_ACTOR_NAME", "AUDIT_NAMESPACE",
+    "METRIC_WAITING", "METRIC_RUNNING", "METRIC_WAITING_TOKENS", "METRIC_KV_USAGE", "METRIC_TTFT_S",
+    "QueueDepthPolicy", "observation_from_context", "serve_autoscaling_config", "deployment_scaling_options",
+    "audit_store", "fetch_history",
+]
+
+POLICY_IMPORT_PATH = "serve_app.autoscaling.serve_adapter:QueueDepthPolicy"
+STATE_KEY = "fleetserve"  # our typed state, serialized, inside Serve's policy_state dict
+AUDIT_ACTOR_NAME = "fleetserve-autoscaler-audit"
+AUDIT_NAMESPACE = "fleetserve"
+
+METRIC_WAITING = "engine_waiting"  # requests waiting in the engine's scheduler
+METRIC_RUNNING = "engine_running"  # requests the engine is running
+METRIC_WAITING_TOKENS = "engine_waiting_tokens"  # prompt tokens of the waiting requests
+METRIC_KV_USAGE = "engine_kv_usage"  # KV-cache usage, 0-1
+METRIC_TTFT_S = "engine_ttft_s"  # recent time to first token, seconds
+
+_log = logging.getLogger("fleetserve.autoscaler")
+_store_handle: Any = None  # fetch_history's cached handle of the audit store actor
+
+
+def serve_autoscaling_config(cfg: AutoscalingConfig, *, model: str) -> dict[str, Any]:
+    """Return Serve's `autoscaling_config` (a dict) that runs our policy with `cfg` for `model`.
+
+    Serve's own delays are 0 and its factors 1: the policy owns the windows and steps, Serve only
+    applies the bounds. The dict is JSON-able, so it also fits a Serve config file / RayService.
+    """
+    return {
+        "min_replicas": cfg.min_replicas,
+        "max_replicas": cfg.max_replicas,
+        "initial_replicas": cfg.start_replicas,
+        "metrics_interval_s": cfg.metrics_push_interval_s,  # still the push interval in Ray 2.60
+        "look_back_period_s": cfg.metrics_look_back_s,
+        "upscale_delay_s": 0.0,
+        "downscale_delay_s": 0.0,
+        "downscale_to_zero_delay_s": 0.0,
+        "policy": {
+            "policy_function": POLICY_IMPORT_PATH,
+            # Serve instantiates a class policy once with these (JSON-only) kwargs.
+            "policy_kwargs": {"model": model, "config": cfg.model_dump(mode="json")},
+        },
+    }
+
+
+def deployment_scaling_options(cfg: AutoscalingConfig, *, model: str) -> dict[str, Any]:
+    """Return `serve.deployment(...)` options: a fixed `num_replicas`, or our `autoscaling_config`."""
+    if cfg.is_fixed:
+        return {"num_replicas": cfg.min_replicas}
+    return {"autoscaling_config": serve_autoscaling_config(cfg, model=model)}
+
+
+def observation_from_context(ctx: "AutoscalingContext", *, now_s: float | None = None) -> Observation:
+    """Translate Serve's AutoscalingContext into the policy's Observation."""
+    metrics = ctx.aggregated_metrics or {}
+
+    def values(name: str) -> list[float]:
+        return [float(v) for v in (metrics.get(name) or {}).values() if v is not None]
+
+    running_replicas = int(ctx.current_num_replicas)
+    target = int(ctx.target_num_replicas)
+    waiting, running, tokens = values(METRIC_WAITING), values(METRIC_RUNNING), values(METRIC_WAITING_TOKENS)
+    kv, ttft = values(METRIC_KV_USAGE), values(METRIC_TTFT_S)
+    if not running:  # the engine does not report: Serve's ongoing requests at replicas stand in
+        running = [float(ctx.total_running_requests or 0.0)]
+    now = now_s if now_s is not None else (ctx.current_time if ctx.current_time is not None else time.time())
+    return Observation(
+        now_s=now,
+        current_replicas=running_replicas,
+        target_replicas=target,
+        starting_replicas=max(0, target - running_replicas),
+        queued_requests=max(0.0, float(ctx.total_queued_requests or 0.0)),
+        waiting_requests=max(0.0, sum(waiting)),
+        running_requests=max(0.0, sum(running)),
+        waiting_tokens=max(0.0, sum(tokens)),
+        kv_usage=min(1.0, max(0.0, sum(kv) / len(kv))) if kv else None,
+        ttft_s=max(0.0, sum(ttft) / len(ttft)) if ttft else None,
+    )
+
+
+class QueueDepthPolicy:
+    """Serve's per-deployment policy callable; built once by Serve with `policy_kwargs`.
+
+    publish=False keeps the audit in this process only (no metrics, no audit store actor): for tests
+    and for callers outside a Ray cluster.
+    """
+
+    def __init__(self, *, model: str, config: dict[str, Any], publish: bool = True):
+        self.model = model
+        self.config = AutoscalingConfig.model_validate(config)
+        self.audit = AuditLog(model, size=self.config.history_size, on_record=self._publish_record if publish else None)
+        self._gauges: dict[str, Any] | None = None
+        self._store: Any = None
+        self._publish_failed = False
+
+    def __call__(self, ctx: "AutoscalingContext") -> tuple[int, dict[str, Any]]:
+        """Return (target replicas, policy state) for one control-loop tick."""
+        policy_state = dict(ctx.policy_state or {})
+        state = PolicyState.from_dict(policy_state.get(STATE_KEY))
+        obs = observation_from_context(ctx)
+        if not due(state, obs.now_s, self.config):
+            return int(ctx.target_num_replicas), policy_state  # between decisions: keep the target
+        decision = decide(obs, state, self.config)
+        self.audit.record(decision)
+        policy_state[STATE_KEY] = decision.state.to_dict()
+        return decision.target_replicas, policy_state
+
+    def _publish_record(self, rec: dict[str, Any]) -> None:
+        # The audit trail must never stop scaling: report the first failure, then keep going.
+        try:
+            self._set_gauges(rec)
+            if self._store is None:
+                self._store = audit_store()
+            self._store.record.remote(self.model, rec, self.config.history_size)
+        except Exception as e:  # noqa: BLE001 - any Ray/metrics failure
+            if not self._publish_failed:
+                _log.warning("autoscaler audit publish failed for %s (decisions still apply): %r", self.model, e)
+                self._publish_failed = True
+
+    def _set_gauges(self, rec: dict[str, Any]) -> None:
+        from ray.util.metrics import Gauge
+
+        if self._gauges is None:
+            keys = ("model",)
+            self._gauges = {
+                "target_replicas": Gauge("fleetserve_autoscaler_target_replicas", "Replica target the policy chose.", keys),
+                "raw_desired": Gauge("fleetserve_autoscaler_raw_desired_replicas", "Replicas wanted before clamps.", keys),
+                "backlog": Gauge("fleetserve_autoscaler_backlog", "Backlog the policy saw (requests or tokens).", keys),
+                "panic": Gauge("fleetserve_autoscaler_panic", "1 while the policy is in panic or wake-up mode.", keys),
+                "clamps": Gauge("fleetserve_autoscaler_clamps", "Clamps applied to the last decision.", keys),
+            }
+        tags = {"model": self.model}
+        self._gauges["target_replicas"].set(rec["target_replicas"], tags)
+        self._gauges["raw_desired"].set(rec["raw_desired"], tags)
+        self._gauges["backlog"].set(rec["backlog"], tags)
+        self._gauges["panic"].set(1 if rec["mode"] != "normal" else 0, tags)
+        self._gauges["clamps"].set(len(rec["clamps"]), tags)
+
+
+class _AuditStore:
+    """Detached actor holding each model's recent decisions, so any replica can serve them."""
+
+    def __init__(self) -> None:
+        self._logs: dict[str, AuditLog] = {}
+
+    def record(self, model: str, rec: dict[str, Any], size: int) -> None:
+        log = self._logs.get(model)
+        if log is None or log.size != size:
+            old = log.history() if log else []
+            log = self._logs[model] = AuditLog(model, size=size)
+            for r in old[-size:]:
+                log.add(r)
+        log.add(rec)
+
+    def history(self, model: str, last: int | None = None) -> dict[str, Any] | None:
+        log = self._logs.get(model)
+        return log.to_dict(last) if log is not None else None
+
+    def models(self) -> list[str]:
+        return sorted(self._logs)
+
+
+def audit_store(*, create: bool = True) -> Any:
+    """Return the audit store actor's handle (created on first use when `create`), or None if absent."""
+    opts = dict(name=AUDIT_ACTOR_NAME, namespace=AUDIT_NAMESPACE)
+    if not create:
+        try:
+            return ray.get_actor(**opts)
+        except ValueError:
+            return None
+    actor_cls = ray.remote(num_cpus=0, max_restarts=-1)(_AuditStore)
+    return actor_cls.options(**opts, lifetime="detached", get_if_exists=True).remote()
+
+
+async def fetch_history(model: str, *, last: int | None = None) -> dict[str, Any]:
+    """Return `model`'s recent decisions as the HTTP endpoint serves them (empty if none yet).
+
+    Call from async code (an ingress replica); it awaits the store actor instead of blocking.
+    """
+    global _store_handle
+    if _store_handle is None:  # the lookup blocks briefly; do it once per process
+        _store_handle = audit_store(create=False)
+    store = _store_handle
+    found = await store.history.remote(model, last) if store is not None else None
+    return found if found is not None else {"model": model, "history_size": 0, "count": 0, "decisions": []}

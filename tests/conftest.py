@@ -1,0 +1,47 @@
+"""Shared test helpers: free ports, paths, and the env every Ray-using test wants."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+# Replicas and handles push autoscaling metrics every 10 s by default; tests want it faster.
+os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "1")
+os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, *, timeout_s: float, interval_s: float = 0.2, what: str = "condition"):
+    """Poll `predicate` until it returns a truthy value or the deadline passes (then fail)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def shared_dir_or_skip(sub: str) -> Path:
+    """Return ../shared/<sub>; skip outside CI when it is absent, fail in CI."""
+    p = SHARED / sub
+    if not p.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{p} is missing; CI always has ../shared beside the clone")
+        pytest.skip(f"{p} not present (only CI and the dev machines have ../shared)")
+    return p
