@@ -35,10 +35,11 @@ def serve_forever(config: AppConfig) -> None:
     import ray
     from ray import serve
 
+    url = deploy(config)
     stop = threading.Event()
+    # After deploy: ray.init installs its own SIGTERM handler (exit 15) that would skip our cleanup.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    url = deploy(config)
     first = config.models[0].name
     print(f"\nfleetserve is serving {', '.join(m.name for m in config.models)} at {url}/v1 (OpenAI API)", flush=True)
     print(f"  curl {url}/v1/models", flush=True)

@@ -1,0 +1,52 @@
+"""The README's main command: `fleetserve serve` deploys, prints where to send requests, stops on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from conftest import REPO, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def test_fleetserve_serve_prints_the_url_answers_and_stops_cleanly(tmp_path):
+    default = yaml.safe_load((REPO / "serve_app/config/default.yaml").read_text())
+    default["http"]["port"] = free_port()
+    default["models"] = default["models"][:1]  # one engine is enough to prove the command
+    default["models"][0]["env"]["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    cfg = tmp_path / "deploy.yaml"
+    cfg.write_text(yaml.safe_dump(default))
+    exe = Path(sys.executable).with_name("fleetserve")
+    proc = subprocess.Popen([str(exe), "serve", "--config", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "RAY_ADDRESS": ""})
+    lines = []
+    try:
+        url = None
+        for line in proc.stdout:  # ends when the process exits; pytest-timeout bounds a hang
+            lines.append(line)
+            m = re.search(r"is serving .* at (http://\S+)/v1", line)
+            if m:
+                url = m.group(1)
+                break
+        assert url, "".join(lines[-40:])
+        r = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+            "model": "tiny-dense", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert rc == 0
