@@ -100,6 +100,8 @@ def deployment_options(model: ModelConfig, layout: Layout) -> dict[str, Any]:
 
 
 def _model_dir(model: ModelConfig) -> str:
+    if model.engine == "sim":
+        return ""  # the simulator reads no weights
     if model.source.startswith(TINY_PREFIX):
         from serve_app.tiny_models import ensure_tiny_model
 

@@ -49,6 +49,10 @@ async def _start_engine(spec: ReplicaSpec):
             field_prefix=f"models[{spec.model_index}]",
         )
         return await VLLMEngine.start(args)
+    if spec.model.engine == "sim":
+        from serve_app.engines.sim_engine import SimEngine
+
+        return await SimEngine.start(spec.model.name, spec.model.sim, spec.model.max_model_len)
     raise ValueError(f"models[{spec.model_index}].engine: unknown engine {spec.model.engine!r}")
 
 

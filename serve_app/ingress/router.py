@@ -21,16 +21,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-__all__ = ["Router", "openai_error"]
+from serve_app.ingress.errors import openai_error
+
+__all__ = ["Router"]
 
 log = logging.getLogger("ray.serve")
 
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection"}
-
-
-def openai_error(status: int, message: str, *, err_type: str, param: str | None = None) -> JSONResponse:
-    """Return an OpenAI-style error response."""
-    return JSONResponse({"error": {"message": message, "type": err_type, "param": param, "code": status}}, status_code=status)
 
 
 def _build_app(router: "Router") -> Starlette:

@@ -1,0 +1,232 @@
+"""SIMULATOR engine: a latency model behind the engine boundary, for autoscaling experiments.
+
+It is not a model and says so: responses carry `system_fingerprint: fleetserve-simulator`,
+the header `x-fleetserve-engine: simulator`, and /v1/models reports `owned_by:
+fleetserve-simulator`. What it simulates is vLLM's scheduler timing on one replica:
+
+    request ──► waiting queue ──admit (max_num_seqs, KV tokens)──► running batch
+                 each step: decode_base + per_seq × batch  (+ prefill of newly admitted prompts)
+                 every running sequence gets one token per step; first token after its prefill step
+
+so a replica has real, bounded capacity on a 2-core machine, and queue signals (waiting,
+running, waiting prompt tokens, KV usage, TTFT) mean what they mean in vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from serve_app.config._sim import SimEngineConfig
+from serve_app.engines.base import EngineStats
+from serve_app.ingress.errors import openai_error
+
+__all__ = ["SimEngine"]
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT = "fleetserve-simulator"
+_TTFT_EWMA = 0.2
+
+
+@dataclass
+class _Seq:
+    prompt_tokens: int
+    max_tokens: int
+    out: asyncio.Queue = field(default_factory=asyncio.Queue)  # int token index, then None at the end
+    arrival: float = field(default_factory=time.monotonic)
+    generated: int = 0
+    cancelled: bool = False
+
+
+class _Scheduler:
+    """Continuous batching in simulated time, driven by real asyncio sleeps."""
+
+    def __init__(self, cfg: SimEngineConfig):
+        self.cfg = cfg
+        self.waiting: deque[_Seq] = deque()
+        self.running: list[_Seq] = []
+        self.kv_used = 0
+        self.ttft = 0.0
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    def submit(self, seq: _Seq) -> None:
+        self.waiting.append(seq)
+        self._wake.set()
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            waiting=len(self.waiting),
+            running=len(self.running),
+            waiting_prompt_tokens=sum(s.prompt_tokens for s in self.waiting),
+            kv_cache_usage=self.kv_used / self.cfg.kv_capacity_tokens,
+            recent_ttft_s=self.ttft,
+        )
+
+    async def _loop(self) -> None:
+        cfg = self.cfg
+        while True:
+            if not self.waiting and not self.running:
+                self._wake.clear()
+                await self._wake.wait()
+            admitted = []
+            while self.waiting and len(self.running) < cfg.max_num_seqs:
+                seq = self.waiting[0]
+                need = seq.prompt_tokens + seq.max_tokens
+                if self.kv_used + need > cfg.kv_capacity_tokens and self.running:
+                    break  # no KV room: wait for a sequence to finish
+                self.waiting.popleft()
+                if seq.cancelled:
+                    continue
+                self.kv_used += need
+                self.running.append(seq)
+                admitted.append(seq)
+            step = cfg.decode_step_base_s + cfg.decode_step_per_seq_s * max(0, len(self.running) - 1)
+            step += cfg.prefill_s_per_token * sum(s.prompt_tokens for s in admitted)
+            await asyncio.sleep(step)
+            now = time.monotonic()
+            still = []
+            for seq in self.running:
+                if seq.cancelled:
+                    self.kv_used -= seq.prompt_tokens + seq.max_tokens
+                    continue
+                if seq.generated == 0:
+                    t = now - seq.arrival
+                    self.ttft = t if self.ttft == 0.0 else (1 - _TTFT_EWMA) * self.ttft + _TTFT_EWMA * t
+                seq.out.put_nowait(seq.generated)
+                seq.generated += 1
+                if seq.generated >= seq.max_tokens:
+                    seq.out.put_nowait(None)
+                    self.kv_used -= seq.prompt_tokens + seq.max_tokens
+                else:
+                    still.append(seq)
+            self.running = still
+
+
+def _prompt_chars(body: dict, chat: bool) -> int | None:
+    if chat:
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            return None
+        return sum(len(m.get("content") or "") if isinstance(m.get("content"), str) else 16 for m in msgs if isinstance(m, dict))
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, list) and prompt:
+        return len(prompt) * 4 if isinstance(prompt[0], int) else sum(len(str(p)) for p in prompt)
+    return None
+
+
+class SimEngine:
+    """The simulator behind the engine boundary (see module docstring)."""
+
+    def __init__(self, name: str, cfg: SimEngineConfig, max_model_len: int):
+        self.name = name
+        self.cfg = cfg
+        self.max_model_len = max_model_len
+        self._sched = _Scheduler(cfg)
+        self.asgi_app = Starlette(routes=[
+            Route("/health", self._health, methods=["GET"]),
+            Route("/v1/models", self._models, methods=["GET"]),
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/completions", self._completions, methods=["POST"]),
+        ])
+
+    @classmethod
+    async def start(cls, name: str, cfg: SimEngineConfig, max_model_len: int | None) -> "SimEngine":
+        """Wait out the simulated cold start, then return a serving simulator."""
+        log.warning("fleetserve: starting the SIMULATOR engine for %r (a latency model, not a model)", name)
+        await asyncio.sleep(cfg.startup_s)
+        return cls(name, cfg, max_model_len or 4096)
+
+    def stats(self) -> EngineStats:
+        return self._sched.stats()
+
+    async def check_health(self) -> None:
+        if self._sched._task.done():
+            raise RuntimeError(f"simulator scheduler stopped: {self._sched._task.exception()!r}")
+
+    def shutdown(self) -> None:
+        self._sched._task.cancel()
+
+    # ---- OpenAI surface (just enough for load tests and autoscaling experiments) ----
+    async def _health(self, _: Request) -> Response:
+        return Response(status_code=200)
+
+    async def _models(self, _: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{
+            "id": self.name, "object": "model", "created": 0, "owned_by": FINGERPRINT, "max_model_len": self.max_model_len}]})
+
+    async def _chat(self, request: Request) -> Response:
+        return await self._generate(request, chat=True)
+
+    async def _completions(self, request: Request) -> Response:
+        return await self._generate(request, chat=False)
+
+    async def _generate(self, request: Request, *, chat: bool) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return openai_error(400, f"request body is not valid JSON: {e}", err_type="BadRequestError")
+        if not isinstance(body, dict):
+            return openai_error(400, "request body must be a JSON object", err_type="BadRequestError")
+        if body.get("model") != self.name:
+            return openai_error(404, f"The model `{body.get('model')}` does not exist.", err_type="NotFoundError", param="model")
+        chars = _prompt_chars(body, chat)
+        if chars is None:
+            field_name = "messages" if chat else "prompt"
+            return openai_error(400, f"`{field_name}` is required", err_type="BadRequestError", param=field_name)
+        max_tokens = next((body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None), 16)
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            return openai_error(400, f"max_tokens must be at least 1, got {max_tokens}", err_type="BadRequestError", param="max_tokens")
+        prompt_tokens = max(1, int(chars / self.cfg.chars_per_token))
+        if prompt_tokens + max_tokens > self.max_model_len:
+            return openai_error(
+                400, f"This model's maximum context length is {self.max_model_len} tokens; the request needs "
+                f"{prompt_tokens} prompt + {max_tokens} output tokens.", err_type="BadRequestError", param="max_tokens")
+        seq = _Seq(prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+        self._sched.submit(seq)
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-sim-{uuid.uuid4().hex[:16]}"
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": max_tokens, "total_tokens": prompt_tokens + max_tokens}
+        headers = {"x-fleetserve-engine": "simulator"}
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(self._sse(seq, rid, chat, usage if include_usage else None),
+                                     media_type="text/event-stream", headers=headers)
+        try:
+            while await seq.out.get() is not None:
+                pass
+        finally:
+            seq.cancelled = seq.generated < seq.max_tokens
+        text = " tok" * max_tokens
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"} if chat
+                  else {"index": 0, "text": text, "finish_reason": "length"})
+        return JSONResponse({"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+                             "model": self.name, "system_fingerprint": FINGERPRINT, "choices": [choice], "usage": usage},
+                            headers=headers)
+
+    async def _sse(self, seq: _Seq, rid: str, chat: bool, usage: dict | None):
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        base = {"id": rid, "object": obj, "created": int(time.time()), "model": self.name, "system_fingerprint": FINGERPRINT}
+        try:
+            while (i := await seq.out.get()) is not None:
+                last = i == seq.max_tokens - 1
+                choice = ({"index": 0, "delta": {"content": " tok"}, "finish_reason": "length" if last else None} if chat
+                          else {"index": 0, "text": " tok", "finish_reason": "length" if last else None})
+                yield f"data: {json.dumps({**base, 'choices': [choice]})}\n\n"
+            if usage:
+                yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            seq.cancelled = seq.generated < seq.max_tokens  # client gone: free its batch slot
