@@ -21,12 +21,13 @@ from serve_app.config._schema import (
     Placement,
     TelemetryConfig,
 )
+from serve_app.config._sim import SimEngineConfig
 from serve_app.config._shape import ModelShape, resolve_local_dir, shape_of_source
 from serve_app.config._tiny import TINY_PREFIX, TINY_SPECS, models_home, tiny_model_dir
 
 __all__ = [
     "AppConfig", "AutoscalingConfig", "HttpConfig", "ModelConfig", "Parallelism", "Placement", "TelemetryConfig",
-    "ModelShape", "RESERVED_ENGINE_ARGS", "TINY_PREFIX", "TINY_SPECS", "CONFIG_ENV_VAR", "DEFAULT_CONFIG_PATH",
+    "ModelShape", "SimEngineConfig", "RESERVED_ENGINE_ARGS", "TINY_PREFIX", "TINY_SPECS", "CONFIG_ENV_VAR", "DEFAULT_CONFIG_PATH",
     "load_config", "parse_config", "resolve_local_dir", "shape_of_source", "models_home", "tiny_model_dir",
     "KubernetesConfig",
     "app", "build_app",

@@ -146,8 +146,12 @@ class KubernetesConfig(Frozen):
     )
     hf_token: HfTokenSecret = Field(default_factory=HfTokenSecret, description="Secret with the Hugging Face token.")
     model_cache: ModelCache = Field(default_factory=ModelCache, description="Volume where weights are downloaded once.")
-    shm_size_gib: float = Field(
-        16.0, gt=0, description="Size in GiB of the memory-backed /dev/shm of every pod (NCCL and Ray's object store use it)."
+    head_shm_size_gib: float = Field(
+        8.0, gt=0, description="Size in GiB of the head pod's memory-backed /dev/shm (Ray's object store)."
+    )
+    worker_shm_size_gib: float = Field(
+        16.0, gt=0,
+        description="Size in GiB of each worker pod's memory-backed /dev/shm (NCCL buffers, Ray's object store).",
     )
     model_cold_start_s: int = Field(
         600, gt=0, description="Expected seconds from a new GPU pod to a serving replica: node, image pull, weights, warm-up."
@@ -179,11 +183,11 @@ class KubernetesConfig(Frozen):
                 why = RESERVED_RAY_START_PARAMS.get(key.lstrip("-").replace("_", "-"))
                 if why:
                     raise FieldError(f"{field}.{key}", f"is set by the renderer ({why}); remove it")
-        for field, pod_gib in (("head_memory_gib", self.head_memory_gib), ("worker_memory_gib_per_accelerator", self.worker_memory_gib_per_accelerator)):
-            if self.shm_size_gib >= pod_gib:
+        for shm, pod in (("head_shm_size_gib", "head_memory_gib"), ("worker_shm_size_gib", "worker_memory_gib_per_accelerator")):
+            if getattr(self, shm) >= getattr(self, pod):
                 raise FieldError(
-                    "shm_size_gib",
-                    f"shm_size_gib ({self.shm_size_gib}) must be < {field} ({pod_gib}): a memory-backed /dev/shm "
-                    "counts against the pod's memory limit",
+                    shm,
+                    f"{shm} ({getattr(self, shm):g}) must be < {pod} ({getattr(self, pod):g}): a memory-backed /dev/shm "
+                    "counts against the pod's memory limit; lower it or raise the memory",
                 )
         return self

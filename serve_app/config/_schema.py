@@ -10,6 +10,7 @@ from serve_app.config._accelerators import Accelerators
 from serve_app.config._autoscaling import AutoscalingConfig
 from serve_app.config._base import Frozen
 from serve_app.config._kubernetes import KubernetesConfig
+from serve_app.config._sim import SimEngineConfig
 from serve_app.config._shape import ModelShape, shape_of_source
 from serve_app.config._tiny import TINY_PREFIX, TINY_SPECS
 from serve_app.errors import FieldError
@@ -105,7 +106,9 @@ class ModelConfig(Frozen):
     source: str = Field(..., min_length=1, description=(
         "Weights: a local dir (absolute, ~ or ./ path), a hub id (org/name, needs the cluster to reach the hub), "
         "or tiny:dense / tiny:moe for the tiny models built locally with random weights."))
-    engine: Literal["vllm"] = Field("vllm", description="Engine behind the deployment.")
+    engine: Literal["vllm", "sim"] = Field("vllm", description=(
+        "Engine behind the deployment: vllm, or sim — the SIMULATOR (a latency model, no weights) for autoscaling experiments."))
+    sim: SimEngineConfig = Field(default_factory=SimEngineConfig, description="Timing of the simulator; used only with engine: sim.")
     engine_args: dict[str, Any] = Field(default_factory=dict, description=(
         "Passed through to vLLM's AsyncEngineArgs (e.g. dtype, enforce_eager, max_num_seqs); "
         "keys owned by other fields are refused."))
