@@ -92,7 +92,9 @@ class ModelCache(Frozen):
         description="host_path: one cache per node, no storage class needed; pvc: a shared PersistentVolumeClaim; "
         "empty_dir: pod-local, lost on restart (every cold start downloads again).",
     )
-    host_path: str = Field("/mnt/fleetserve-model-cache", pattern=r"^/", description="Node directory for kind host_path (created if absent).")
+    host_path: str = Field(
+        "/mnt/fleetserve-model-cache", pattern=r"^/", description="Node directory for kind host_path (created if absent)."
+    )
     pvc_claim_name: str | None = Field(
         None, pattern=_DNS_SUBDOMAIN, description="Claim for kind pvc (ReadWriteMany when pods span nodes)."
     )
@@ -117,8 +119,12 @@ class KubernetesConfig(Frozen):
         "fleetserve:0.1.0", min_length=1,
         description="Image with Ray, vLLM and this package installed (serve_app importable) for head and workers.",
     )
-    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field("IfNotPresent", description="Pull policy of every container.")
-    ray_version: str = Field("2.60.0", pattern=r"^\d+\.\d+\.\d+$", description="Ray version in the image (rayClusterConfig.rayVersion).")
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(
+        "IfNotPresent", description="Pull policy of every container."
+    )
+    ray_version: str = Field(
+        "2.60.0", pattern=r"^\d+\.\d+\.\d+$", description="Ray version in the image (rayClusterConfig.rayVersion)."
+    )
     service_account_name: str | None = Field(None, pattern=_DNS_SUBDOMAIN, description="ServiceAccount of head and worker pods.")
     head_cpus: float = Field(4.0, gt=0, description="CPU cores requested (and limited) for the head pod; it runs no GPU work.")
     head_memory_gib: float = Field(32.0, gt=0, description="Memory for the head pod in GiB (Serve controller, proxy, GCS).")
@@ -178,8 +184,8 @@ class KubernetesConfig(Frozen):
                 f"({self.model_cold_start_s}): a node removed during a short lull costs a full cold start to bring back; "
                 "raise the idle timeout or lower the cold-start estimate",
             )
-        for field, params in (("head_ray_start_params", self.head_ray_start_params), ("worker_ray_start_params", self.worker_ray_start_params)):
-            for key in params:
+        for field in ("head_ray_start_params", "worker_ray_start_params"):
+            for key in getattr(self, field):
                 why = RESERVED_RAY_START_PARAMS.get(key.lstrip("-").replace("_", "-"))
                 if why:
                     raise FieldError(f"{field}.{key}", f"is set by the renderer ({why}); remove it")
