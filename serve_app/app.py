@@ -39,36 +39,43 @@ class Layout:
     executor: str  # vLLM distributed executor: "mp" or "ray"
 
 
-def _accelerators_per_node(model: ModelConfig) -> int | None:
-    if model.placement.accelerators_per_node:
-        return model.placement.accelerators_per_node
-    if ray.is_initialized():
-        counts = [n["Resources"].get(model.placement.accelerator, 0) for n in ray.nodes() if n.get("Alive")]
-        return int(max(counts)) if counts else None
-    return None
+def _accelerator_nodes(model: ModelConfig) -> list[int]:
+    """Accelerators of `model`'s kind on each alive node that has any (empty without Ray)."""
+    if not ray.is_initialized():
+        return []
+    counts = [int(n["Resources"].get(model.placement.accelerator, 0)) for n in ray.nodes() if n.get("Alive")]
+    return [c for c in counts if c > 0]
 
 
-def layout_for(model: ModelConfig, *, accelerators_per_node: int | None = None) -> Layout:
-    """Resolve bundles, strategy and executor of one replica of `model`.
+def layout_for(model: ModelConfig, *, accelerators_per_node: int | None = None,
+               extra_accelerators: tuple = ()) -> Layout:
+    """Resolve parallelism (planning `parallelism: auto`), bundles, strategy and executor of one replica.
 
-    STRICT_PACK when the replica fits one node, else PACK (pipeline stages cross nodes, which
-    needs vLLM's ray executor on GPUs). On the CPU the executor is always mp: vLLM refuses ray there.
+    Bundles and strategy come from the capacity planner (cluster.planner): STRICT_PACK when the
+    replica fits one node, else PACK (pipeline stages cross nodes, which needs vLLM's ray
+    executor on GPUs). On the CPU the executor is always mp: vLLM refuses ray there.
+    `accelerators_per_node` defaults to placement.accelerators_per_node, else the live cluster's.
     """
-    par, p = model.parallelism, model.placement
-    per_node = accelerators_per_node or _accelerators_per_node(model)
-    strategy = p.strategy
-    if strategy == "auto":
-        strategy = "STRICT_PACK" if per_node is None or par.world_size <= per_node else "PACK"
+    from cluster.planner import bundles_for, resolve_parallelism, strategy_for
+
+    p = model.placement
+    nodes = _accelerator_nodes(model)
+    per_node = accelerators_per_node or p.accelerators_per_node or (max(nodes) if nodes else None)
+    par = model.parallelism
+    if par == "auto":
+        if not p.on_cpu and not (p.accelerator_type and per_node):
+            raise ConfigError([(
+                "models[].parallelism",
+                f"{model.name}: parallelism: auto needs placement.accelerator_type (e.g. A100-80G) and the accelerators "
+                "per node (placement.accelerators_per_node or a live cluster) to plan a layout; or set tensor/pipeline",
+            )])
+        par, _ = resolve_parallelism(model, nodes=max(1, len(nodes)), gpus_per_node=per_node or 1,
+                                     accelerator=p.accelerator_type or "CPU", extra_accelerators=extra_accelerators)
     executor = p.executor
     if executor == "auto":
         executor = "mp" if p.on_cpu or par.world_size == 1 else "ray"
-    if p.on_cpu:
-        bundle = {"CPU": max(1.0, p.cpus_per_worker)}
-    else:
-        bundle = {p.accelerator: 1.0, "CPU": p.cpus_per_worker}
-        if p.accelerator_type:
-            bundle[f"accelerator_type:{p.accelerator_type}"] = 0.001
-    return Layout(par, tuple(dict(bundle) for _ in range(par.world_size)), strategy, executor)
+    strategy = strategy_for(par, p, accelerators_per_node=per_node)
+    return Layout(par, tuple(bundles_for(par, p)), strategy, executor)
 
 
 def deployment_options(model: ModelConfig, layout: Layout) -> dict[str, Any]:
@@ -110,6 +117,10 @@ def _model_dir(model: ModelConfig) -> str:
     return str(local) if local else model.source  # hub id: vLLM fetches it on the cluster
 
 
+def _world_size(model: ModelConfig) -> int:
+    return 1 if model.parallelism == "auto" else model.parallelism.world_size
+
+
 def ensure_ray(config: AppConfig) -> None:
     """Connect to $RAY_ADDRESS, or start a local Ray sized for `config` when none is given."""
     if ray.is_initialized():
@@ -119,8 +130,7 @@ def ensure_ray(config: AppConfig) -> None:
         ray.init(address=address, namespace="serve")
         return
     # Logical CPUs: vLLM's CPU workers pin their own threads, Ray's count is bookkeeping.
-    need = sum(sum(b.get("CPU", 0) for b in layout_for(m, accelerators_per_node=10**6).bundles)
-               * m.autoscaling.max_replicas for m in config.models)
+    need = sum(m.placement.cpus_per_worker * _world_size(m) * m.autoscaling.max_replicas for m in config.models)
     ray.init(num_cpus=max(os.cpu_count() or 1, int(need) + 2), namespace="serve")
 
 
@@ -139,7 +149,7 @@ def build_application(config: AppConfig, *, check_placement: bool = True) -> App
     api_keys = tuple(k.get_secret_value() for k in config.api_keys)
     bound = {}
     for i, m in enumerate(config.models):
-        layout = layout_for(m)
+        layout = layout_for(m, extra_accelerators=config.accelerators)
         if check_placement:
             check_schedulable(model=m.name, bundles=list(layout.bundles), strategy=layout.strategy,
                               timeout_s=m.placement.schedule_timeout_s)

@@ -43,8 +43,10 @@ def _cfg(name, parallelism, **placement):
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 2})
-    c.add_node(num_cpus=2, num_gpus=2)
+    # Ray marks a node's GPU model with an accelerator_type:<name> resource; logical here.
+    marker = {"accelerator_type:A100-40G": 1}
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 2, "resources": marker})
+    c.add_node(num_cpus=2, num_gpus=2, resources=marker)
     c.wait_for_nodes()
     ray.init(address=c.address, namespace="serve")
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, proxy_location="HeadOnly")
@@ -91,6 +93,19 @@ def test_tp2_pp2_spans_both_nodes(cluster):
     assert group["strategy"] == "PACK"
     nodes = list(group["bundles_to_node_id"].values())
     assert len(set(nodes)) == 2 and all(nodes.count(n) == 2 for n in set(nodes))
+
+
+def test_parallelism_auto_plans_mixtral_over_both_nodes(cluster):
+    # Mixtral 8x7B in bf16 (~93 GB) on 2 nodes x 2 A100-40G: TP may not cross nodes over PCIe,
+    # so the planner picks TP=2 x PP=2 and the group spans both nodes.
+    cfg = parse_config({"name": "auto", "models": [{
+        "name": "mixtral", "source": "mistralai/Mixtral-8x7B-v0.1", "parallelism": "auto", "max_model_len": 4096,
+        "placement": {"accelerator": "GPU", "accelerator_type": "A100-40G", "schedule_timeout_s": 3}}]})
+    layout, group = _deploy_and_read_group(cfg.model_copy(update={"models": (
+        cfg.models[0].model_copy(update={"parallelism": layout_for(cfg.models[0]).parallelism}),)}))
+    assert (layout.parallelism.tensor, layout.parallelism.pipeline) == (2, 2)
+    assert all(b.get("accelerator_type:A100-40G") for b in group["bundles"].values())
+    assert len(set(group["bundles_to_node_id"].values())) == 2
 
 
 def test_tp4_strict_pack_fails_fast_with_a_clear_message(cluster):

@@ -21,7 +21,9 @@ class AcceleratorSpec(Frozen):
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=64,
                       description='Catalog name used by `--gpu` and `placement.accelerator_type`, e.g. "A100-80GB".')
-    memory_gib: float = Field(..., gt=0, le=4096, description="Device memory in GiB (2**30 bytes), as marketed (\"80GB\" cards hold 80 GiB).")
+    memory_gib: float = Field(
+        ..., gt=0, le=4096, description='Device memory in GiB (2**30 bytes), as marketed ("80GB" cards hold 80 GiB).'
+    )
     bf16_tflops: float = Field(..., gt=0, description="Dense (no sparsity) bf16 tensor throughput in TFLOP/s.")
     memory_bandwidth_gb_s: float = Field(..., gt=0, description="Device memory bandwidth in GB/s (1e9 bytes/s).")
     interconnect: Literal["nvlink", "pcie"] = Field(
@@ -31,7 +33,9 @@ class AcceleratorSpec(Frozen):
         ..., gt=0, description="Per-GPU, per-direction bandwidth of that link in GB/s (NVLink total / 2; PCIe x16 one way)."
     )
     ray_accelerator_type: str | None = Field(
-        None, description='Ray\'s accelerator_type for this card (ray.util.accelerators), e.g. "A100-80G"; also accepted as a lookup name.'
+        None,
+        description='Ray\'s accelerator_type for this card (ray.util.accelerators), e.g. "A100-80G"; '
+        "also accepted as a lookup name.",
     )
     estimated: tuple[str, ...] = Field(
         (), description="Names of the fields above that are estimates rather than datasheet numbers."
@@ -58,7 +62,9 @@ def _unique_names(specs: tuple[AcceleratorSpec, ...]) -> tuple[AcceleratorSpec, 
     for i, spec in enumerate(specs):
         key = spec.name.lower()
         if key in seen:
-            raise ValueError(f"accelerators[{i}].name {spec.name!r} repeats accelerators[{seen[key]}]; names must be unique")
+            raise FieldError(
+                f"[{i}].name", f"{spec.name!r} repeats accelerators[{seen[key]}]; names must be unique (case-insensitive)"
+            )
         seen[key] = i
     return specs
 
