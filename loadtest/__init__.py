@@ -1,0 +1,38 @@
+"""Load tests of the OpenAI API with Locust: the LLM user, load shapes, distributed runs, results.
+
+Importing this package does not import locust (which gevent-patches its importer): locust
+runs in subprocesses started by `run`, or under `locust -f loadtest/locustfile.py`. Only
+loadtest.users, loadtest.locust_hooks and loadtest.locustfile import locust.
+
+    plan = build_plan(models=["tiny-dense"], shape="poisson", rate_rps=5, users=32, duration_s=60)
+    results = run("http://127.0.0.1:8000", plan, out_dir="runs/x", workers=2)
+    results.metrics["TTFT"].p50, results.output_tokens_per_s
+"""
+
+from loadtest.arrivals import ArrivalCursor, TraceRow, load_trace, poisson_times
+from loadtest.distributions import FixedLength, LengthDist, LogNormalLength, NormalLength, UniformLength, parse_length
+from loadtest.errors import LoadTestError
+from loadtest.plan import SHAPE_KINDS, LoadPlan, build_plan, host_from_config, models_from_config, parse_duration
+from loadtest.results import (
+    METRICS,
+    SCHEMA_VERSION,
+    MetricStats,
+    RequestRecord,
+    RunResults,
+    TimelinePoint,
+    load_results,
+    read_requests,
+    replay_trace,
+)
+from loadtest.runner import collect_results, run, write_results
+from loadtest.shapes import ConstantShape, PoissonShape, SpikeShape, StepShape, TraceShape, plan_tick
+from loadtest.workload import LLMRequest, Workload
+
+__all__ = [
+    "LoadPlan", "build_plan", "models_from_config", "host_from_config", "parse_duration", "SHAPE_KINDS",
+    "ConstantShape", "StepShape", "SpikeShape", "PoissonShape", "TraceShape", "plan_tick",
+    "FixedLength", "UniformLength", "NormalLength", "LogNormalLength", "LengthDist", "parse_length",
+    "poisson_times", "load_trace", "TraceRow", "ArrivalCursor", "LLMRequest", "Workload",
+    "RunResults", "MetricStats", "RequestRecord", "TimelinePoint", "SCHEMA_VERSION", "METRICS",
+    "load_results", "read_requests", "replay_trace", "run", "collect_results", "write_results", "LoadTestError",
+]

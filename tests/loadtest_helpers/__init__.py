@@ -1,0 +1,1 @@
+"""Helpers of the loadtest tests: a streaming server with known latencies, started as a subprocess."""
