@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import typer
 
+from cluster.k8s.cli import cli as k8s_cli
+from cluster.planner.cli import plan_command
+from loadtest.cli import cli as loadtest_cli
 from serve_app.autoscaling.cli import cli as autoscaler_cli
 from serve_app.tiny_models.cli import cli as models_cli
 
@@ -16,6 +19,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Serve LLMs o
 app.add_typer(models_cli, name="models")
 # Each concern registers its sub-app here, one line each:
 app.add_typer(autoscaler_cli, name="autoscaler")
+app.add_typer(k8s_cli, name="k8s")
+app.add_typer(loadtest_cli, name="loadtest")
+app.command("plan")(plan_command)
 
 
 @app.command("serve")

@@ -17,6 +17,7 @@ import ray
 from ray import serve
 from ray.serve import Application
 
+from serve_app.autoscaling.serve_adapter import deployment_scaling_options
 from serve_app.config import AppConfig, ModelConfig, Parallelism, parse_config, load_config, resolve_local_dir
 from serve_app.config._tiny import TINY_PREFIX
 from serve_app.errors import ConfigError
@@ -94,15 +95,8 @@ def deployment_options(model: ModelConfig, layout: Layout) -> dict[str, Any]:
         "health_check_timeout_s": 60,
         "graceful_shutdown_timeout_s": 30,
     }
-    a = model.autoscaling
-    if a.is_fixed:
-        opts["num_replicas"] = a.min_replicas
-    else:
-        opts["autoscaling_config"] = {
-            "min_replicas": a.min_replicas,
-            "max_replicas": a.max_replicas,
-            "initial_replicas": a.start_replicas,
-        }
+    # Fixed count, or our queue-depth policy registered as Serve's AutoscalingPolicy.
+    opts.update(deployment_scaling_options(model.autoscaling, model=model.name))
     return opts
 
 

@@ -97,4 +97,11 @@ class DirectModelServer(ModelServer):
     """
 
     def __serve_build_asgi_app__(self):
-        return self._engine.asgi_app
+        from starlette.routing import Route
+
+        from serve_app.ingress.http import autoscaler_history
+
+        app = self._engine.asgi_app
+        # The audit-trail endpoint lives beside vLLM's routes (one ingress per app in direct mode).
+        app.router.routes.insert(0, Route("/-/autoscaler/{model}", autoscaler_history, methods=["GET"]))
+        return app

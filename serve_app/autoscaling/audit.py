@@ -62,13 +62,17 @@ class AuditLog:
         self._records: deque[dict[str, Any]] = deque(maxlen=size)
         self._logger = logger or _log
         self._on_record = on_record
+        self._last_reasons: tuple | None = None
 
     def record(self, decision: Decision) -> dict[str, Any]:
         """Keep, log and publish one decision; return its record."""
         rec = decision_record(decision, model=self.model)
         self.add(rec)
-        # Holds without clamps are the steady state: log them at DEBUG so INFO reads as a story.
-        level = logging.INFO if rec["direction"] != "hold" or rec["clamps"] else logging.DEBUG
+        # INFO when the target moves or the reasons change; a hold for the same reasons as the
+        # last decision goes to DEBUG, so INFO reads as a story even under a long overload.
+        reasons = (rec["mode"], tuple(c["name"] for c in rec["clamps"]))
+        level = logging.INFO if rec["direction"] != "hold" or reasons != self._last_reasons else logging.DEBUG
+        self._last_reasons = reasons
         self._logger.log(level, json.dumps(rec, separators=(",", ":"), default=str))
         if self._on_record is not None:
             self._on_record(rec)

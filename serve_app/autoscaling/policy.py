@@ -15,7 +15,7 @@ or prompt tokens; a request whose prompt length is unknown counts as target_toke
                   # replicas that each run `per_replica` and hold `target` waiting: a new replica
                   # takes a whole batch off the queue, and the same backlog asks for the same count
     busy_need   = ceil(running replicas * kv_usage / downscale_max_kv_usage), >= 1 while anything
-                  runs, <= capacity                        # drain-safe: the work must still fit
+                  runs, <= running replicas                 # drain-safe: the work must still fit
     raw_desired = max(queue_need, busy_need)
 
 then clamps, in this order, each recorded when it changes the count:
@@ -164,24 +164,9 @@ def due(state: PolicyState, now_s: float, policy: AutoscalingConfig) -> bool:
 
 def decide(obs: Observation, state: PolicyState, policy: AutoscalingConfig) -> Decision:
     """Choose the replica count for `obs`; return it with the raw wish, each clamp and the new state."""
-    now, base, capacity = obs.now_s, obs.target_replicas, obs.capacity_replicas
-    target = policy.target_backlog_per_replica
-    backlog = _backlog(obs, policy)
-    unit = _units_per_request(policy)
-
-    # A backlog means the engines run full batches: that is what one replica absorbs.
-    per_replica = state.running_per_replica
-    if backlog > 0 and obs.current_replicas > 0 and obs.running_requests > 0:
-        per_replica = obs.running_requests / obs.current_replicas
-    absorbed = (per_replica or 0.0) * unit
-    queue_need = _ceil((obs.running_requests * unit + backlog) / (absorbed + target)) if backlog > 0 else 0
-    busy_need = _busy_need(obs, policy)
+    now, base = obs.now_s, obs.target_replicas
+    backlog, per_replica, seen, queue_need, busy_need, mode = _needs(obs, state, policy)
     raw = max(queue_need, busy_need)
-    mode: Mode = "normal"
-    if raw > 0 and capacity == 0:
-        mode = "wake"
-    elif backlog > 0 and capacity > 0 and backlog >= policy.panic_threshold * target * capacity - _EPS:
-        mode = "panic"
 
     idle = backlog == 0 and obs.running_requests == 0
     idle_since = (state.idle_since_s if state.idle_since_s is not None else now) if idle else None
@@ -214,8 +199,8 @@ def decide(obs: Observation, state: PolicyState, policy: AutoscalingConfig) -> D
     # 2. Scale-to-zero only after a whole idle_timeout_s with nothing running or waiting.
     if n == 0 and base > 0:
         idle_for = now - idle_since if idle_since is not None else 0.0
-        if idle_for + _EPS < policy.idle_timeout_s:
-            clamp("idle_timeout", 1, f"idle for {idle_for:.1f} s < idle_timeout_s={policy.idle_timeout_s:g}")
+        if idle_for + _EPS < policy.scale_to_zero_after_s:
+            clamp("idle_timeout", 1, f"idle for {idle_for:.1f} s < idle_timeout_s={policy.scale_to_zero_after_s:g}")
 
     # 3. Cooldowns (panic and wake-up skip the upscale one).
     if n > base and mode == "normal" and _within(now, state.last_scale_up_s, policy.upscale_cooldown_s):
@@ -254,14 +239,47 @@ def decide(obs: Observation, state: PolicyState, policy: AutoscalingConfig) -> D
         last_scale_up_s=now if n > base else state.last_scale_up_s,
         last_scale_down_s=now if n < base else state.last_scale_down_s,
         idle_since_s=idle_since,
-        running_per_replica=per_replica,
+        running_per_replica=seen,
         up_window=up_window,
         down_window=down_window,
     )
     return Decision(
         observation=obs, target_replicas=n, raw_desired=raw, queue_need=queue_need, busy_need=busy_need,
-        running_per_replica=per_replica, backlog=backlog, unit=policy.metric, mode=mode, clamps=tuple(clamps), state=new_state,
+        running_per_replica=per_replica, backlog=backlog, unit=policy.metric, mode=mode, clamps=tuple(clamps),
+        state=new_state,
     )
+
+
+class _Needs(NamedTuple):
+    backlog: float
+    per_replica: float | None  # requests one full replica runs, as assumed now
+    seen: float | None  # ... as remembered for the next decision
+    queue_need: int
+    busy_need: int
+    mode: Mode
+
+
+def _needs(obs: Observation, state: PolicyState, policy: AutoscalingConfig) -> _Needs:
+    """Compute the backlog, what the queue and the running work each ask for, and the mode."""
+    target = policy.target_backlog_per_replica
+    backlog = _backlog(obs, policy)
+    unit = _units_per_request(policy)
+    # A backlog means the engines run full batches: that is what one replica absorbs. With none
+    # running (waking from zero) the last full batch seen stands in.
+    per_replica = seen = state.running_per_replica
+    if backlog > 0 and obs.current_replicas > 0:
+        per_replica = obs.running_requests / obs.current_replicas
+        seen = per_replica if per_replica > 0 else seen
+    absorbed = (per_replica or 0.0) * unit
+    queue_need = _ceil((obs.running_requests * unit + backlog) / (absorbed + target)) if backlog > 0 else 0
+    busy_need = _busy_need(obs, policy)
+    capacity = obs.capacity_replicas
+    mode: Mode = "normal"
+    if max(queue_need, busy_need) > 0 and capacity == 0:
+        mode = "wake"
+    elif backlog > 0 and capacity > 0 and backlog >= policy.panic_threshold * target * capacity - _EPS:
+        mode = "panic"
+    return _Needs(backlog, per_replica, seen, queue_need, busy_need, mode)
 
 
 def _units_per_request(policy: AutoscalingConfig) -> float:
@@ -280,14 +298,17 @@ def _backlog(obs: Observation, policy: AutoscalingConfig) -> float:
 
 
 def _busy_need(obs: Observation, policy: AutoscalingConfig) -> int:
-    """Replicas the running work needs so that, after a scale-down, KV usage stays under the limit."""
+    """Replicas the running work needs so that, after a scale-down, KV usage stays under the limit.
+
+    Never more than the replicas running now: it only holds scale-downs back, and replicas still
+    starting must not make it grow (the same load would otherwise ask again).
+    """
     if obs.running_requests <= 0:
         return 0
-    capacity = obs.capacity_replicas
+    running = obs.current_replicas
     if obs.kv_usage is None:
-        return max(1, capacity)  # no utilization signal: never shrink below what is running
-    need = _ceil(obs.current_replicas * obs.kv_usage / policy.downscale_max_kv_usage)
-    return max(1, min(need, capacity))
+        return max(1, running)  # no utilization signal: never shrink below what is running
+    return max(1, min(running, _ceil(running * obs.kv_usage / policy.downscale_max_kv_usage)))
 
 
 def _ceil(x: float) -> int:

@@ -57,7 +57,9 @@ METRIC_WAITING_TOKENS = "engine_waiting_tokens"  # prompt tokens of the waiting 
 METRIC_KV_USAGE = "engine_kv_usage"  # KV-cache usage, 0-1
 METRIC_TTFT_S = "engine_ttft_s"  # recent time to first token, seconds
 
-_log = logging.getLogger("fleetserve.autoscaler")
+# A child of Serve's logger: in the controller its handlers write the controller log (and stream
+# to the driver); a logger of our own would have no handler there and drop every line.
+_log = logging.getLogger("ray.serve.fleetserve.autoscaler")
 _store_handle: Any = None  # fetch_history's cached handle of the audit store actor
 
 
@@ -67,6 +69,10 @@ def serve_autoscaling_config(cfg: AutoscalingConfig, *, model: str) -> dict[str,
     Serve's own delays are 0 and its factors 1: the policy owns the windows and steps, Serve only
     applies the bounds. The dict is JSON-able, so it also fits a Serve config file / RayService.
     """
+    kwargs = {"model": model, "config": cfg.model_dump(mode="json")}
+    # Serve rebuilds the policy from these kwargs in the controller, where a failure would only
+    # loop in its log: rebuild it here first so a bad round trip fails the deploy instead.
+    AutoscalingConfig.model_validate(kwargs["config"])
     return {
         "min_replicas": cfg.min_replicas,
         "max_replicas": cfg.max_replicas,
@@ -79,7 +85,7 @@ def serve_autoscaling_config(cfg: AutoscalingConfig, *, model: str) -> dict[str,
         "policy": {
             "policy_function": POLICY_IMPORT_PATH,
             # Serve instantiates a class policy once with these (JSON-only) kwargs.
-            "policy_kwargs": {"model": model, "config": cfg.model_dump(mode="json")},
+            "policy_kwargs": kwargs,
         },
     }
 
@@ -129,7 +135,8 @@ class QueueDepthPolicy:
     def __init__(self, *, model: str, config: dict[str, Any], publish: bool = True):
         self.model = model
         self.config = AutoscalingConfig.model_validate(config)
-        self.audit = AuditLog(model, size=self.config.history_size, on_record=self._publish_record if publish else None)
+        self.audit = AuditLog(model, size=self.config.history_size, logger=_log,
+                              on_record=self._publish_record if publish else None)
         self._gauges: dict[str, Any] | None = None
         self._store: Any = None
         self._publish_failed = False

@@ -13,7 +13,9 @@ from pydantic import Field, model_validator
 from serve_app.config._base import Frozen
 from serve_app.errors import FieldError
 
-__all__ = ["AutoscalingConfig"]
+__all__ = ["AutoscalingConfig", "DEFAULT_IDLE_TIMEOUT_S"]
+
+DEFAULT_IDLE_TIMEOUT_S = 600.0
 
 
 class AutoscalingConfig(Frozen):
@@ -48,9 +50,10 @@ class AutoscalingConfig(Frozen):
     )
 
     # -- timing ----------------------------------------------------------------------------
-    idle_timeout_s: float = Field(
-        600.0, gt=0,
-        description="With min_replicas=0: seconds with nothing running or waiting before scaling to zero.",
+    idle_timeout_s: float | None = Field(
+        None, gt=0,
+        description="With min_replicas=0 only: seconds with nothing running or waiting before scaling to "
+        f"zero; {DEFAULT_IDLE_TIMEOUT_S:g} when omitted.",
     )
     upscale_stabilization_s: float = Field(
         10.0, ge=0,
@@ -117,7 +120,7 @@ class AutoscalingConfig(Frozen):
                 f"initial_replicas ({self.initial_replicas}) must lie in "
                 f"[min_replicas={self.min_replicas}, max_replicas={self.max_replicas}]",
             )
-        if "idle_timeout_s" in self.model_fields_set and self.min_replicas > 0:
+        if self.idle_timeout_s is not None and self.min_replicas > 0:
             raise FieldError(
                 "idle_timeout_s",
                 f"idle_timeout_s ({self.idle_timeout_s}) only applies to scale-to-zero but min_replicas is "
@@ -141,6 +144,11 @@ class AutoscalingConfig(Frozen):
     def is_fixed(self) -> bool:
         """True when min == max: the deployment runs a fixed number of replicas."""
         return self.min_replicas == self.max_replicas
+
+    @property
+    def scale_to_zero_after_s(self) -> float:
+        """Idle seconds before scaling to zero (meaningful only with min_replicas=0)."""
+        return self.idle_timeout_s if self.idle_timeout_s is not None else DEFAULT_IDLE_TIMEOUT_S
 
     @property
     def target_backlog_per_replica(self) -> float:

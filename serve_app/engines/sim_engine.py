@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from serve_app.config._sim import SimEngineConfig
 from serve_app.engines.base import EngineStats
-from serve_app.ingress.errors import openai_error
+from serve_app.ingress.http import openai_error
 
 __all__ = ["SimEngine"]
 

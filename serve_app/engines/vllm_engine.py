@@ -80,6 +80,15 @@ class _QueueStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._stats = EngineStats()
+        self._pending_prompt_tokens: dict[str, int] = {}  # request id -> prompt tokens, until its first output
+
+    def prompt_pending(self, request_id: str, tokens: int) -> None:
+        with self._lock:
+            self._pending_prompt_tokens[request_id] = tokens
+
+    def prompt_done(self, request_id: str) -> None:
+        with self._lock:
+            self._pending_prompt_tokens.pop(request_id, None)
 
     def update(self, scheduler_stats, iteration_stats) -> None:
         with self._lock:
@@ -99,7 +108,34 @@ class _QueueStats:
 
     def snapshot(self) -> EngineStats:
         with self._lock:
-            return self._stats
+            return dataclasses.replace(self._stats, waiting_prompt_tokens=sum(self._pending_prompt_tokens.values()))
+
+
+def _prompt_len(prompt) -> int:
+    ids = getattr(prompt, "prompt_token_ids", None)
+    if ids is None and isinstance(prompt, dict):
+        ids = prompt.get("prompt_token_ids")
+    return len(ids) if ids else 0
+
+
+def _track_prompt_tokens(engine, holder: _QueueStats) -> None:
+    """Count prompt tokens of requests that have no output yet: the token-weighted queue.
+
+    vLLM's scheduler stats count waiting requests, not their tokens, and requests differ 100x in
+    prefill cost; so we wrap the engine's public `generate` (the serving layer's only entry).
+    """
+    original = engine.generate
+
+    async def generate(prompt, sampling_params, request_id, *args, **kwargs):
+        holder.prompt_pending(request_id, _prompt_len(prompt))
+        try:
+            async for out in original(prompt, sampling_params, request_id, *args, **kwargs):
+                holder.prompt_done(request_id)
+                yield out
+        finally:
+            holder.prompt_done(request_id)
+
+    engine.generate = generate
 
 
 def _stats_logger_factory(holder: _QueueStats):
@@ -148,6 +184,7 @@ class VLLMEngine:
             )
         except Exception as e:  # vLLM raises many types here; keep its message, add ours
             raise EngineError(f"vLLM engine for {args.served_model_name[0]!r} failed to start: {e}") from e
+        _track_prompt_tokens(engine, holder)
         supported_tasks = await engine.get_supported_tasks()
         app = build_app(args, supported_tasks, engine.model_config)
         await init_app_state(engine, app.state, args, supported_tasks)

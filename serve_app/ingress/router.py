@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from serve_app.ingress.errors import openai_error
+from serve_app.ingress.http import autoscaler_history, openai_error
 
 __all__ = ["Router"]
 
@@ -67,9 +67,15 @@ def _build_app(router: "Router") -> Starlette:
             )
         return await router.stream(name, request, body)
 
+    async def autoscaler(request: Request) -> Response:
+        if (denied := router.authorize(request)) is not None:
+            return denied
+        return await autoscaler_history(request)
+
     return Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
+            Route("/-/autoscaler/{model}", autoscaler, methods=["GET"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/chat/completions", proxy, methods=["POST"]),
             Route("/v1/completions", proxy, methods=["POST"]),
