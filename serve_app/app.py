@@ -125,7 +125,8 @@ def ensure_ray(config: AppConfig) -> None:
         return
     # Logical CPUs: vLLM's CPU workers pin their own threads, Ray's count is bookkeeping.
     need = sum(m.placement.cpus_per_worker * _world_size(m) * m.autoscaling.max_replicas for m in config.models)
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(need) + 2), namespace="serve")
+    # address="local": never attach to some other Ray that happens to run on this machine.
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need) + 2), namespace="serve")
 
 
 def build_application(config: AppConfig, *, check_placement: bool = True) -> Application:

@@ -43,7 +43,7 @@ def base_url():
             _model("tiny-dense-tp2", "tiny:dense", parallelism={"tensor": 2}),
         ],
     })
-    ray.init(num_cpus=6, namespace="serve")
+    ray.init(address="local", num_cpus=6, namespace="serve")
     try:
         app = build_application(cfg)
         serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
