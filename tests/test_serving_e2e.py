@@ -7,6 +7,7 @@ starting engines is the expensive part, so every test shares it.
 from __future__ import annotations
 
 import json
+import os
 
 import httpx
 import openai
@@ -15,7 +16,7 @@ import ray
 from ray import serve
 
 from conftest import free_port
-from serve_app.app import build_application
+from serve_app.app import build_application, fast_path_env
 from serve_app.config import parse_config
 
 pytestmark = pytest.mark.slow
@@ -43,6 +44,10 @@ def base_url():
             _model("tiny-dense-tp2", "tiny:dense", parallelism={"tensor": 2}),
         ],
     })
+    # The default fast path (HAProxy -> router replica's own port -> model replicas over gRPC):
+    # Serve reads these env vars in the processes Ray starts next.
+    saved = dict(os.environ)
+    os.environ.update(fast_path_env(cfg))
     ray.init(address="local", num_cpus=6, namespace="serve")
     try:
         app = build_application(cfg)
@@ -52,6 +57,8 @@ def base_url():
     finally:
         serve.shutdown()
         ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +140,12 @@ def test_health(base_url):
     r = httpx.get(base_url + "/health", timeout=10)
     assert r.status_code == 200
     assert set(json.loads(r.text)["models"]) == {"tiny-dense", "tiny-moe", "tiny-dense-tp2"}
+
+
+def test_the_http_port_is_served_by_haproxy_on_the_fast_path(base_url):
+    import psutil
+
+    port = int(base_url.rsplit(":", 1)[1])
+    owners = {psutil.Process(c.pid).name() for c in psutil.net_connections("tcp")
+              if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid}
+    assert owners == {"haproxy"}, owners

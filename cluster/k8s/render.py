@@ -21,6 +21,7 @@ import yaml
 
 from cluster.k8s.errors import RenderError
 from cluster.k8s.layout import WorkerLayout, resolve_for_kubernetes, worker_layouts
+from cluster.ray_env import fast_path_env
 from serve_app.config import TINY_PREFIX, AppConfig, KubernetesConfig
 
 __all__ = [
@@ -174,6 +175,7 @@ def _head_group(config: AppConfig, *, instance: str) -> dict[str, Any]:
             {"name": "serve", "containerPort": config.http.port},
             {"name": "metrics", "containerPort": 8080},
         ],
+        "env": _serve_env(config),
         "resources": _resources(kube.head_cpus, kube.head_memory_gib, gpus=0),
         "volumeMounts": [{"name": _SHM_VOLUME, "mountPath": "/dev/shm"}],
     }
@@ -197,7 +199,7 @@ def _worker_group(config: AppConfig, layout: WorkerLayout, *, instance: str) -> 
         "name": "ray-worker",
         "image": kube.image,
         "imagePullPolicy": kube.image_pull_policy,
-        "env": [_hf_token_env(kube), {"name": "HF_HOME", "value": cache.mount_path}],
+        "env": [_hf_token_env(kube), {"name": "HF_HOME", "value": cache.mount_path}, *_serve_env(config)],
         "resources": _resources(
             layout.cpus_per_pod, layout.memory_gib_per_pod, gpus=layout.accelerators_per_pod if layout.on_gpu else 0
         ),
@@ -234,6 +236,11 @@ def _pod_spec(kube: KubernetesConfig, container: dict[str, Any], *, volumes: lis
     if kube.service_account_name:
         spec["serviceAccountName"] = kube.service_account_name
     return spec
+
+
+def _serve_env(config: AppConfig) -> list[dict[str, str]]:
+    # Serve reads its mode from the environment of every Ray process: head and workers alike.
+    return [{"name": k, "value": v} for k, v in sorted(fast_path_env(config).items())]
 
 
 def _hf_token_env(kube: KubernetesConfig) -> dict[str, Any]:

@@ -195,6 +195,13 @@ class HttpConfig(Frozen):
     host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 inside a cluster.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
     request_timeout_s: float | None = Field(None, gt=0, description="End-to-end request timeout; none by default (long generations).")
+    fast_path: bool = Field(
+        True,
+        description="Serve's throughput-optimized mode: HAProxy on the HTTP port forwarding to replicas that serve "
+        "HTTP themselves (direct ingress), user code on the replica's main loop, Ray workers at normal priority. "
+        "Takes effect where fleetserve starts Ray (fleetserve serve, serve run on a laptop) and in rendered KubeRay pods; "
+        "false = Serve's Python proxy.",
+    )
     ingress: Literal["auto", "router"] = Field(
         "auto",
         description="auto: with one model its replicas serve HTTP themselves (no extra hop); with several, "
