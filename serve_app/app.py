@@ -122,7 +122,7 @@ def ensure_ray(config: AppConfig) -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    if address:
+    if address and address != "local":
         ray.init(address=address, namespace="serve")
         return
     # Logical CPUs: vLLM's CPU workers pin their own threads, Ray's count is bookkeeping.
