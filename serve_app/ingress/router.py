@@ -121,8 +121,12 @@ class Router:
     async def stream(self, name: str, request: Request, body: bytes) -> Response:
         """Forward to model `name`, passing its status, headers and chunks through as they come."""
         gen = self._call(name, request.method, request.url.path, body, request)
-        first = await gen.__anext__()
-        _, status, headers = first
+        try:
+            _, status, headers = await gen.__anext__()
+        except Exception as e:  # replica died, backpressure, engine dead: the client gets JSON, not a trace
+            log.warning("fleetserve: %s unavailable: %r", name, e)
+            return openai_error(503, f"model `{name}` is temporarily unavailable ({type(e).__name__}); retry",
+                                err_type="ServiceUnavailableError", param="model")
         headers = {k: v for k, v in headers if k.lower() not in _HOP_HEADERS}
 
         async def body_iter():
