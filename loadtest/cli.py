@@ -1,4 +1,4 @@
-"""`fleetserve loadtest run|collect`: thin shells over `loadtest.runner`.
+"""`fleetserve loadtest run|collect|sweep|report`: thin shells over `loadtest.runner`, `.sweep` and `.report`.
 
 Locust is never imported here (it gevent-patches the importer, and fleetserve's CLI also
 imports Ray): the runner starts locust in subprocesses.
@@ -6,6 +6,7 @@ imports Ray): the runner starts locust in subprocesses.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +18,8 @@ from loadtest.results import RunResults
 
 __all__ = ["cli", "summary_lines"]
 
-cli = typer.Typer(no_args_is_help=True, help="Locust load tests of the OpenAI API: run a plan, collect results.")
+cli = typer.Typer(no_args_is_help=True, help="Locust load tests of the OpenAI API: run a plan, collect results, "
+                  "sweep layouts, report.")
 
 
 @cli.command("run")
@@ -99,6 +101,151 @@ def collect_command(out: Path = typer.Argument(..., help="Out dir of a `locust -
     write_results(results, out)
     for line in summary_lines(results):
         typer.echo(line)
+
+
+def _loads(text: str, *, option: str, integer: bool) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        values = ()
+    if not values or any(v <= 0 or (integer and v != int(v)) for v in values):
+        kind = "positive integers" if integer else "positive numbers"
+        raise LoadTestError(f"{option} {text!r}: give a comma-separated list of {kind}, e.g. 1,4,8")
+    return values
+
+
+@cli.command("sweep")
+def sweep_command(
+    strategies: list[str] = typer.Argument(..., help="Layouts to compare: tp1 tp2 pp2 tp2-pp2 ep2 replicas=2; append "
+                                            "':key=value,...' for engine_args overrides, e.g. pp2:enforce_eager=false."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model of the config to sweep; default: its only model."),
+    config: Optional[Path] = typer.Option(None, "--config", help="fleetserve config YAML; default $FLEETSERVE_CONFIG, else the embedded one."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster: host:6379 (on a node), ray://head:10001 (Ray Client); "
+                                          "default $RAY_ADDRESS, else a local Ray started for the sweep."),
+    local_nodes: int = typer.Option(0, min=0, help="Start a local multi-node Ray cluster with this many nodes instead."),
+    cpus_per_node: float = typer.Option(2.0, min=1, help="--local-nodes: logical CPUs per node."),
+    host: Optional[str] = typer.Option(None, help="Serve's HTTP proxy; default the config's http port on 127.0.0.1 "
+                                       "(on the ray:// host for Ray Client)."),
+    concurrency: str = typer.Option("1,4,8", help="Closed-loop ladder: concurrent users per step."),
+    rate: Optional[str] = typer.Option(None, help="Open-loop ladder instead: Poisson requests/s per step, e.g. 1,2,4."),
+    users: int = typer.Option(32, min=1, help="--rate: users carrying the arrivals (>= rate x E2E latency)."),
+    step_duration: str = typer.Option("20s", help="Sending time of each ladder step."),
+    drain: str = typer.Option("3s", help="Wait for requests in flight after each step."),
+    input_len: int = typer.Option(128, min=1, help="Prompt tokens of every request."),
+    output_len: int = typer.Option(64, min=1, help="Output tokens of every request (max_tokens with ignore_eos)."),
+    warmup: int = typer.Option(2, min=0, help="Requests sent to each strategy before its ladder (not measured)."),
+    workers: int = typer.Option(0, min=0, help="Locust worker processes per step (0: one local process)."),
+    ttft_slo_ms: float = typer.Option(500.0, min=0, help="Goodput SLO: time to first token <= this (0: no bound)."),
+    tpot_slo_ms: float = typer.Option(50.0, min=0, help="Goodput SLO: time per output token <= this (0: no bound)."),
+    ready_timeout: str = typer.Option("15m", help="Per strategy: deploy to RUNNING and warmed up."),
+    seed: int = typer.Option(0, help="Seed of prompts."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print each strategy's layout; deploy nothing."),
+    out: Path = typer.Option(Path("runs/sweep"), help="Sweep dir: sweep.json, report, one run dir per step."),
+) -> None:
+    """Deploy each strategy on Ray Serve, run the ladder against it, tear it down; write sweep.json and the report."""
+    from loadtest.report import table_lines, write_report
+    from loadtest.sweep import plan_sweep, ray_session, run_sweep
+    from loadtest.sweep_results import Ladder, Slo
+    from serve_app.config import load_config
+    from serve_app.errors import ConfigError
+
+    try:
+        cfg = load_config(config)
+        if dry_run:
+            _print_plans(plan_sweep(cfg, model, strategies, allow_refused=True))
+            return
+        planned = plan_sweep(cfg, model, strategies)
+        values = _loads(rate, option="--rate", integer=False) if rate else _loads(concurrency, option="--concurrency", integer=True)
+        ladder = Ladder(kind="rate" if rate else "concurrency", values=values,
+                        step_duration_s=parse_duration(step_duration, field="--step-duration") or 1.0,
+                        drain_s=parse_duration(drain, field="--drain") or 0.0, input_tokens=input_len,
+                        output_tokens=output_len, users=users if rate else None, workers=workers, warmup_requests=warmup)
+        slo = Slo(ttft_ms=ttft_slo_ms or None, tpot_ms=tpot_slo_ms or None)
+        target = host or _default_host(cfg, address)
+        if not (address or os.environ.get("RAY_ADDRESS")):
+            _check_port_free(target)
+        need = max(c.models[0].parallelism.world_size * c.models[0].autoscaling.max_replicas for _, c in planned) + 2
+        with ray_session(address=address, local_nodes=local_nodes, cpus_per_node=cpus_per_node, min_cpus=need) as label:
+            sweep = run_sweep(cfg, [s for s, _ in planned], out_dir=out, host=target, ladder=ladder, model=model,
+                              slo=slo, address=label, seed=seed, progress=typer.echo,
+                              ready_timeout_s=parse_duration(ready_timeout, field="--ready-timeout") or 900.0)
+    except (LoadTestError, ConfigError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    files = write_report(sweep, out)
+    for line in table_lines(sweep):
+        typer.echo(line)
+    typer.echo(f"sweep: {out / 'sweep.json'}; report: {files.html}, {files.throughput_png}")
+    if any(s.error for s in sweep.strategies):
+        raise typer.Exit(1)
+
+
+def _check_port_free(url: str) -> None:
+    """A Serve started here binds the host's port: fail now, not after Ray is up, when it is taken."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    with socket.socket() as s:
+        try:
+            s.bind((u.hostname or "127.0.0.1", u.port or 80))
+        except OSError as e:
+            raise LoadTestError(f"{u.hostname}:{u.port} is in use ({e.strerror}): the sweep starts its own Serve there; "
+                                f"pass --host http://127.0.0.1:<free port>") from None
+
+
+def _default_host(cfg, address: str | None) -> str:
+    from urllib.parse import urlsplit
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith("ray://"):  # Ray Client from a laptop: the proxy is on the head
+        return f"http://{urlsplit(address).hostname}:{cfg.http.port}"
+    return host_from_config(cfg)
+
+
+def _print_plans(planned) -> None:
+    from loadtest.strategies import cpu_refusal
+    import ray
+
+    from serve_app.app import layout_for
+
+    if not ray.is_initialized():
+        typer.echo("planned without a cluster: placement strategy auto is STRICT_PACK for one worker, else PACK "
+                   "(on a live cluster: STRICT_PACK whenever a replica fits one node)")
+    for s, c in planned:
+        m = c.models[0]
+        lay = layout_for(m, extra_accelerators=c.accelerators)
+        why = cpu_refusal(m)
+        typer.echo(f"{s.name}: tp{lay.parallelism.tensor} pp{lay.parallelism.pipeline} ep{lay.parallelism.expert} "
+                   f"x{m.autoscaling.min_replicas}, bundles {list(lay.bundles)} {lay.strategy}, executor {lay.executor}, "
+                   f"engine_args {m.engine_args}" + (f"\n  refused here: {why}" if why else ""))
+
+
+@cli.command("report")
+def report_command(
+    sweep_dir: Path = typer.Argument(..., help="A sweep dir (with sweep.json) or the sweep.json itself."),
+    ttft_slo_ms: Optional[float] = typer.Option(None, min=0, help="Re-score goodput at this TTFT bound (0: no bound)."),
+    tpot_slo_ms: Optional[float] = typer.Option(None, min=0, help="Re-score goodput at this TPOT bound (0: no bound)."),
+    out: Optional[Path] = typer.Option(None, help="Where to write report.html and the PNGs; default the sweep dir."),
+) -> None:
+    """Print a sweep's table and write report.html, throughput.png, latency.png and goodput.png."""
+    from loadtest.report import table_lines, write_report
+    from loadtest.sweep_results import Slo, load_sweep, with_slo
+
+    root = sweep_dir if sweep_dir.is_dir() else sweep_dir.parent
+    try:
+        sweep = load_sweep(sweep_dir)
+        if ttft_slo_ms is not None or tpot_slo_ms is not None:
+            ttft = sweep.slo.ttft_ms if ttft_slo_ms is None else (ttft_slo_ms or None)
+            tpot = sweep.slo.tpot_ms if tpot_slo_ms is None else (tpot_slo_ms or None)
+            sweep = with_slo(sweep, root, Slo(ttft_ms=ttft, tpot_ms=tpot))
+    except LoadTestError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    files = write_report(sweep, out or root, sweep_dir=root)
+    for line in table_lines(sweep):
+        typer.echo(line)
+    typer.echo(f"report: {files.html}, {files.throughput_png}, {files.latency_png}, {files.goodput_png}")
 
 
 def summary_lines(r: RunResults) -> list[str]:
