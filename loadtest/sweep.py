@@ -296,13 +296,14 @@ def cluster_info(address: str) -> ClusterInfo:
 
 @contextlib.contextmanager
 def ray_session(*, address: str | None, local_nodes: int = 0, cpus_per_node: float = 2, min_cpus: float = 1,
-                namespace: str = "serve") -> Iterator[str]:
+                namespace: str = "serve", env: dict[str, str] | None = None) -> Iterator[str]:
     """Connect to `address` (or $RAY_ADDRESS), or start a local Ray; yield the address label; stop what was started.
 
     `local_nodes` > 0 starts a local multi-node cluster (`ray.cluster_utils.Cluster`: a head and
     local_nodes - 1 workers, `cpus_per_node` logical CPUs each) to try multi-node layouts on one
     machine. A single local Ray gets at least `min_cpus` logical CPUs (e.g. the largest
     strategy's bundles plus room for Serve). A connected cluster is only disconnected from, never stopped.
+    `env` (e.g. cluster.ray_env.fast_path_env) is set for the Ray processes started here.
     """
     import ray
 
@@ -311,6 +312,9 @@ def ray_session(*, address: str | None, local_nodes: int = 0, cpus_per_node: flo
         yield address or "connected"
         return
     cluster = None
+    if not address:
+        for key, value in (env or {}).items():
+            os.environ.setdefault(key, value)  # inherited by the Ray processes started below
     if address:
         if local_nodes:
             raise LoadTestError("--local-nodes starts a cluster here; it cannot be combined with --address/$RAY_ADDRESS")
