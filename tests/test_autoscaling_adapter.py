@@ -59,6 +59,20 @@ def test_fixed_replicas_need_no_policy():
     assert "autoscaling_config" in sa.deployment_scaling_options(POLICY, model="m")
 
 
+def test_serve_default_policy_maps_the_comparable_knobs_and_serve_accepts_them():
+    ours = AutoscalingConfig(policy="serve_default", serve_target_ongoing_requests=8, min_replicas=0, max_replicas=4,
+                             idle_timeout_s=20, upscale_stabilization_s=2, downscale_stabilization_s=5,
+                             metrics_push_interval_s=0.5, metrics_look_back_s=2)
+    opts = sa.deployment_scaling_options(ours, model="m")["autoscaling_config"]
+    assert "policy" not in opts  # Serve's default request-based policy
+    cfg = serve_config(ours)
+    assert (cfg.target_ongoing_requests, cfg.upscale_delay_s, cfg.downscale_delay_s, cfg.downscale_to_zero_delay_s) == (8, 2, 5, 20)
+    assert (cfg.min_replicas, cfg.max_replicas, cfg.initial_replicas) == (0, 4, 1)
+    assert (cfg.metrics_interval_s, cfg.look_back_period_s) == (0.5, 2)
+    assert cfg.policy.policy_function != sa.POLICY_IMPORT_PATH
+    assert serve_config(AutoscalingConfig(policy="serve_default", max_replicas=2)).target_ongoing_requests == 2
+
+
 def test_observation_sums_engine_metrics_over_replicas():
     c = ctx(now=10.0, running=2, target=3, queued=5, per_replica={
         sa.METRIC_WAITING: 4, sa.METRIC_RUNNING: 30, sa.METRIC_WAITING_TOKENS: 1000,

@@ -61,6 +61,11 @@ models:
     ({"upscale_cooldown_s": -1}, "models[0].autoscaling.upscale_cooldown_s", ["-1"]),
     ({"history_size": 0}, "models[0].autoscaling.history_size", ["0"]),
     ({"target_queue": 4}, "models[0].autoscaling.target_queue", ["Extra inputs are not permitted"]),
+    ({"serve_target_ongoing_requests": 8}, "models[0].autoscaling.serve_target_ongoing_requests",
+     ["(8)", "policy is queue_depth", "set policy: serve_default"]),
+    ({"policy": "serve_default", "serve_target_ongoing_requests": 0},
+     "models[0].autoscaling.serve_target_ongoing_requests", ["greater than 0"]),
+    ({"policy": "hpa"}, "models[0].autoscaling.policy", ["'queue_depth' or 'serve_default'"]),
 ])
 def test_bad_values_name_the_field(section, path, words):
     problems = _problems(section)

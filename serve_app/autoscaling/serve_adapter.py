@@ -68,7 +68,10 @@ def serve_autoscaling_config(cfg: AutoscalingConfig, *, model: str) -> dict[str,
 
     Serve's own delays are 0 and its factors 1: the policy owns the windows and steps, Serve only
     applies the bounds. The dict is JSON-able, so it also fits a Serve config file / RayService.
+    With `cfg.policy == "serve_default"` it is Serve's request-based policy instead (no audit trail).
     """
+    if cfg.policy == "serve_default":
+        return _serve_default_config(cfg)
     kwargs = {"model": model, "config": cfg.model_dump(mode="json")}
     # Serve rebuilds the policy from these kwargs in the controller, where a failure would only
     # loop in its log: rebuild it here first so a bad round trip fails the deploy instead.
@@ -90,8 +93,26 @@ def serve_autoscaling_config(cfg: AutoscalingConfig, *, model: str) -> dict[str,
     }
 
 
+def _serve_default_config(cfg: AutoscalingConfig) -> dict[str, Any]:
+    # The comparable knobs map one to one; cooldowns, step limits and panic have no Serve peer.
+    out: dict[str, Any] = {
+        "min_replicas": cfg.min_replicas,
+        "max_replicas": cfg.max_replicas,
+        "initial_replicas": cfg.start_replicas,
+        "metrics_interval_s": cfg.metrics_push_interval_s,
+        "look_back_period_s": cfg.metrics_look_back_s,
+        "upscale_delay_s": cfg.upscale_stabilization_s,
+        "downscale_delay_s": cfg.downscale_stabilization_s,
+    }
+    if cfg.serve_target_ongoing_requests is not None:
+        out["target_ongoing_requests"] = cfg.serve_target_ongoing_requests
+    if cfg.min_replicas == 0:
+        out["downscale_to_zero_delay_s"] = cfg.scale_to_zero_after_s
+    return out
+
+
 def deployment_scaling_options(cfg: AutoscalingConfig, *, model: str) -> dict[str, Any]:
-    """Return `serve.deployment(...)` options: a fixed `num_replicas`, or our `autoscaling_config`."""
+    """Return `serve.deployment(...)` options: a fixed `num_replicas`, or the `autoscaling_config` of `cfg.policy`."""
     if cfg.is_fixed:
         return {"num_replicas": cfg.min_replicas}
     return {"autoscaling_config": serve_autoscaling_config(cfg, model=model)}

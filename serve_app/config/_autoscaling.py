@@ -27,6 +27,22 @@ class AutoscalingConfig(Frozen):
         None, ge=0, description="Replicas at deploy time; defaults to min_replicas (at least 1)."
     )
 
+    # -- which policy ----------------------------------------------------------------------
+    policy: Literal["queue_depth", "serve_default"] = Field(
+        "queue_depth",
+        description="queue_depth: our policy on the engines' queues (every field below). serve_default: Ray "
+        "Serve's own request-based policy on ongoing requests per replica, for comparison (bench/); it uses "
+        "serve_target_ongoing_requests, the bounds, upscale/downscale_stabilization_s as Serve's "
+        "upscale/downscale_delay_s, idle_timeout_s as its downscale_to_zero_delay_s and the metrics "
+        "intervals, and ignores the rest.",
+    )
+    serve_target_ongoing_requests: float | None = Field(
+        None, gt=0,
+        description="With policy: serve_default only: Serve's target_ongoing_requests, the requests running "
+        "plus queued each replica should carry (Serve's default 2 when omitted). An engine running "
+        "max_num_seqs at once is full at max_num_seqs.",
+    )
+
     # -- the signal ------------------------------------------------------------------------
     metric: Literal["requests", "tokens"] = Field(
         "requests",
@@ -125,6 +141,12 @@ class AutoscalingConfig(Frozen):
                 "idle_timeout_s",
                 f"idle_timeout_s ({self.idle_timeout_s}) only applies to scale-to-zero but min_replicas is "
                 f"{self.min_replicas}; set min_replicas: 0 or remove idle_timeout_s",
+            )
+        if self.serve_target_ongoing_requests is not None and self.policy != "serve_default":
+            raise FieldError(
+                "serve_target_ongoing_requests",
+                f"serve_target_ongoing_requests ({self.serve_target_ongoing_requests:g}) only applies to "
+                f"policy: serve_default but policy is {self.policy}; set policy: serve_default or remove it",
             )
         if self.metrics_look_back_s <= self.metrics_push_interval_s:
             raise FieldError(

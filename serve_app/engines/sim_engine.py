@@ -114,18 +114,24 @@ class _Scheduler:
             self.running = still
 
 
-def _prompt_chars(body: dict, chat: bool) -> int | None:
+def _prompt_tokens(body: dict, chat: bool, chars_per_token: float) -> int | None:
+    """Prompt length in tokens: exact for a token-id prompt, else estimated from its characters."""
     if chat:
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs:
             return None
-        return sum(len(m.get("content") or "") if isinstance(m.get("content"), str) else 16 for m in msgs if isinstance(m, dict))
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        return len(prompt)
-    if isinstance(prompt, list) and prompt:
-        return len(prompt) * 4 if isinstance(prompt[0], int) else sum(len(str(p)) for p in prompt)
-    return None
+        chars = sum(len(m.get("content") or "") if isinstance(m.get("content"), str) else 16 for m in msgs if isinstance(m, dict))
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            return len(prompt)  # token ids: nothing to estimate
+        if isinstance(prompt, str):
+            chars = len(prompt)
+        elif isinstance(prompt, list) and prompt:
+            chars = sum(len(str(p)) for p in prompt)
+        else:
+            return None
+    return max(1, int(chars / chars_per_token))
 
 
 class SimEngine:
@@ -183,14 +189,13 @@ class SimEngine:
             return openai_error(400, "request body must be a JSON object", err_type="BadRequestError")
         if body.get("model") != self.name:
             return openai_error(404, f"The model `{body.get('model')}` does not exist.", err_type="NotFoundError", param="model")
-        chars = _prompt_chars(body, chat)
-        if chars is None:
+        prompt_tokens = _prompt_tokens(body, chat, self.cfg.chars_per_token)
+        if prompt_tokens is None:
             field_name = "messages" if chat else "prompt"
             return openai_error(400, f"`{field_name}` is required", err_type="BadRequestError", param=field_name)
         max_tokens = next((body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None), 16)
         if not isinstance(max_tokens, int) or max_tokens < 1:
             return openai_error(400, f"max_tokens must be at least 1, got {max_tokens}", err_type="BadRequestError", param="max_tokens")
-        prompt_tokens = max(1, int(chars / self.cfg.chars_per_token))
         if prompt_tokens + max_tokens > self.max_model_len:
             return openai_error(
                 400, f"This model's maximum context length is {self.max_model_len} tokens; the request needs "

