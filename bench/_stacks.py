@@ -1,11 +1,13 @@
 """The serving stacks compared, each a command line and an environment over the same engine settings.
 
-    vllm             python -m vllm.entrypoints.openai.api_server      (vLLM's own OpenAI server)
-    rayllm           python -m bench.rayllm_driver                     (ray.serve.llm.build_openai_app)
-    fleetserve       python -m bench.fleetserve_driver --config ...    (serve_app.launch.deploy, one model)
-    fleetserve-tput  the same with Ray Serve's throughput-optimized mode (direct ingress) and
-                     Ray workers at nice 0, env set before ray.init so every Serve process sees it
-    fleetserve-lean  fleetserve-tput without Ray's dashboard and without Serve's (then idle) HTTP proxy
+    vllm              python -m vllm.entrypoints.openai.api_server    (vLLM's own OpenAI server)
+    rayllm            python -m bench.rayllm_driver                   (ray.serve.llm.build_openai_app)
+    fleetserve        python -m bench.fleetserve_driver --config ...  (serve_app.launch.deploy, one model,
+                      as shipped: http.fast_path true, i.e. HAProxy on the HTTP port forwarding to
+                      the replica's own port, throughput-optimized Serve, Ray workers at nice 0)
+    fleetserve-proxy  the same with http.fast_path false: Serve's Python proxy, Serve's defaults
+    fleetserve-tput   the fast path without HAProxy: clients call the replica's own port
+    fleetserve-lean   the shipped fast path without Ray's dashboard
 
 Every stack gets the same model dir, served name, dtype, eager mode, max_num_seqs,
 max_model_len, KV cache size and OpenMP binding; vLLM's own default for
@@ -23,18 +25,8 @@ from pathlib import Path
 
 __all__ = ["EngineSettings", "StackSpec", "STACK_KEYS", "build_stack", "base_env"]
 
-STACK_KEYS = ("vllm", "rayllm", "fleetserve", "fleetserve-tput", "fleetserve-lean")
+STACK_KEYS = ("vllm", "rayllm", "fleetserve", "fleetserve-proxy", "fleetserve-tput", "fleetserve-lean")
 REPO = Path(__file__).resolve().parent.parent
-
-# Ray Serve's knobs measured in the CPU-stack notes; read by Serve's processes at import, so
-# they must be in the driver's environment before ray.init.
-THROUGHPUT_ENV = {
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",  # direct ingress, user code + router on the main loop, gRPC, frozen GC
-    "RAY_worker_niceness": "0",  # Ray starts workers (Serve replicas, vLLM's engine processes) at nice 15
-    # Direct ingress holds a stopping replica >= 30 s by default; the benchmark stops idle stacks.
-    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
-}
-
 
 @dataclass(frozen=True)
 class EngineSettings:
@@ -95,10 +87,10 @@ def base_env(settings: EngineSettings) -> dict[str, str]:
     return env
 
 
-def _fleetserve_config(settings: EngineSettings, port: int, path: Path) -> Path:
+def _fleetserve_config(settings: EngineSettings, port: int, path: Path, *, fast_path: bool = True) -> Path:
     cfg = {
         "name": "fleetserve",
-        "http": {"host": "127.0.0.1", "port": port},
+        "http": {"host": "127.0.0.1", "port": port, "fast_path": fast_path},
         "models": [{
             "name": settings.served_name,
             "source": settings.model_dir,
@@ -145,18 +137,23 @@ def _build_stack(key: str, settings: EngineSettings, *, work_dir: Path, python: 
         return StackSpec(key, "Ray Serve LLM", argv, env, None, time_batched_ms=50.0,
                          notes=("as shipped: ingress deployment + LLMServer behind Serve's proxy, "
                                 "streamed output grouped every 50 ms (RAYLLM_MODEL_RESPONSE_BATCH_TIMEOUT_MS)",))
-    if key in ("fleetserve", "fleetserve-tput", "fleetserve-lean"):
-        cfg = _fleetserve_config(settings, port, work_dir / f"{key}.yaml")
+    if key.startswith("fleetserve"):
+        cfg = _fleetserve_config(settings, port, work_dir / f"{key}.yaml", fast_path=key != "fleetserve-proxy")
         argv = [python, "-m", "bench.fleetserve_driver", "--config", str(cfg)]
         if key == "fleetserve":
-            return StackSpec(key, "fleetserve", argv, env, None,
-                             notes=("as shipped: one model, the model replica is the app's ingress behind Serve's proxy",))
-        env.update(THROUGHPUT_ENV)
-        tput_note = ("env " + " ".join(f"{k}={v}" for k, v in THROUGHPUT_ENV.items())
-                     + "; clients reach the replica's own port (direct ingress), not the proxy's")
+            return StackSpec(key, "fleetserve", argv, env, None, notes=(
+                "as shipped (http.fast_path: true): HAProxy on the config's port forwarding to the model replica, "
+                "which serves vLLM's OpenAI app itself (direct ingress); env from cluster/ray_env.py",))
+        if key == "fleetserve-proxy":
+            return StackSpec(key, "fleetserve (fast_path: false)", argv, env, None, notes=(
+                "http.fast_path: false: Serve's Python proxy on the config's port, then the model replica (the app's "
+                "ingress); Serve's defaults, Ray workers at nice 15",))
         if key == "fleetserve-tput":
-            return StackSpec(key, "fleetserve (throughput-optimized)", argv, env, None, notes=(tput_note,))
-        return StackSpec(key, "fleetserve (throughput-optimized, lean)", argv + ["--no-dashboard", "--no-proxy"], env,
-                         None, notes=(tput_note + "; ray.init(include_dashboard=False), serve.start(proxy_location="
-                                      "'Disabled')",))
+            env["RAY_SERVE_ENABLE_HA_PROXY"] = "0"  # ensure_ray only sets defaults: this one wins
+            return StackSpec(key, "fleetserve (fast path, no HAProxy)", argv, env, None, notes=(
+                "fast path with RAY_SERVE_ENABLE_HA_PROXY=0: clients call the replica's own direct-ingress port "
+                "(30000-31000), no HAProxy hop",))
+        if key == "fleetserve-lean":
+            return StackSpec(key, "fleetserve (no dashboard)", argv + ["--no-dashboard"], env, None, notes=(
+                "as shipped plus ray.init(include_dashboard=False)",))
     raise ValueError(f"unknown stack {key!r}; use one of {', '.join(STACK_KEYS)}")

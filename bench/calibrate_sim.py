@@ -2,6 +2,7 @@
 
     python bench/calibrate_sim.py                   # measure vLLM, fit, measure the simulator, print both
     python bench/calibrate_sim.py --out runs/calib  # also write calibration.json there
+    python bench/calibrate_sim.py --real runs/calib/calibration.json   # re-fit the simulator only
 
 Both engines are started in this process behind our engine boundary (VLLMEngine.start with the
 embedded default config's engine args — bf16, eager, max_num_seqs 32, max_model_len 1024, the
@@ -12,7 +13,7 @@ replica's CPU env — and SimEngine.start), and both are driven the same way: Op
     measure(real) ──► fit: prefill_s_per_token   = slope of TTFT(c=1) over prompt length
                            decode_step_base_s    = step time at batch 1   (least squares over
                            decode_step_per_seq_s = slope over batch        batches 1/8/32)
-                  ──► measure(sim with the fit) ──► subtract the simulator's own overhead once
+                  ──► measure(sim with the fit) ──► subtract the simulator's own step overhead once
                   ──► measure(sim calibrated) ──► error table (fitted points + a held-out mixed load)
 
 Each engine is measured REPEATS times and each figure is the best of them: other processes on a
@@ -149,9 +150,27 @@ def fit(m: Measures) -> dict[str, float]:
             "decode_step_per_seq_s": max(per_seq, 0.0)}
 
 
-def correct(knobs: dict[str, float], real: dict[str, float], sim: dict[str, float]) -> dict[str, float]:
-    """Take the simulator's own overhead out once: knob - (what the sim showed - what vLLM showed)."""
-    return {k: max(knobs[k] - (sim[k] - real[k]), 1e-4 if k == "decode_step_base_s" else 0.0) for k in knobs}
+def correct(knobs: dict[str, float], sim: dict[str, float]) -> dict[str, float]:
+    """Take the simulator's own per-step and per-sequence overhead out of the decode knobs, once.
+
+    `sim` is the fit of the simulator run with `knobs`: what it showed beyond what it was told is
+    its own CPU time (event loop, one SSE chunk per sequence per step). Its prefill is a pure
+    sleep with no per-token work, so the prefill slope is kept as measured on vLLM.
+    """
+    out = dict(knobs)
+    out["decode_step_base_s"] = max(knobs["decode_step_base_s"] - (sim["decode_step_base_s"] - knobs["decode_step_base_s"]), 1e-4)
+    out["decode_step_per_seq_s"] = max(
+        knobs["decode_step_per_seq_s"] - (sim["decode_step_per_seq_s"] - knobs["decode_step_per_seq_s"]), 0.0)
+    return out
+
+
+def load_real(path: Path) -> tuple[Measures, dict]:
+    """Read the vLLM measures and facts of an earlier run's calibration.json."""
+    data = json.loads(path.read_text())
+    r = data["real"]
+    m = Measures(**{**r, "ttft_c1_s": {int(k): v for k, v in r["ttft_c1_s"].items()},
+                    "step_s": {int(k): v for k, v in r["step_s"].items()}})
+    return m, data["facts"]
 
 
 async def measure_vllm() -> tuple[Measures, dict]:
@@ -233,13 +252,17 @@ def _markdown(rows: list[tuple[str, ...]]) -> str:
     return "\n".join([fmt(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, rows[1:])])
 
 
-async def amain(out: Path | None) -> int:
-    print("[calibrate] starting vLLM (tiny dense, bf16, eager, max_num_seqs 32) and measuring ...", flush=True)
-    real, facts = await measure_vllm()
+async def amain(out: Path | None, real_from: Path | None = None) -> int:
+    if real_from is not None:
+        real, facts = load_real(real_from)
+        print(f"[calibrate] vLLM measures from {real_from}", flush=True)
+    else:
+        print("[calibrate] starting vLLM (tiny dense, bf16, eager, max_num_seqs 32) and measuring ...", flush=True)
+        real, facts = await measure_vllm()
     knobs = fit(real)
     print(f"[calibrate] vLLM up in {facts['startup_s']:.1f} s; fit {knobs}", flush=True)
     sim_fit = await measure_sim(knobs)
-    calibrated = correct(knobs, knobs, fit(sim_fit))
+    calibrated = correct(knobs, fit(sim_fit))
     sim_cal = await measure_sim(calibrated)
     rows = report(real, {"sim (raw fit)": sim_fit, "sim (calibrated)": sim_cal})
     suggestion = {**{k: float(f"{v:.3g}") for k, v in calibrated.items()}, "max_num_seqs": 32,
@@ -260,8 +283,11 @@ async def amain(out: Path | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="Directory for calibration.json.")
+    ap.add_argument("--real", default=None,
+                    help="Reuse the vLLM measures of an earlier calibration.json (measure and fit only the simulator).")
     args = ap.parse_args(argv)
-    return asyncio.run(amain(Path(args.out).resolve() if args.out else None))
+    return asyncio.run(amain(Path(args.out).resolve() if args.out else None,
+                             Path(args.real).resolve() if args.real else None))
 
 
 if __name__ == "__main__":  # vLLM starts its engine core with spawn

@@ -1,19 +1,19 @@
-"""Serve a fleetserve config on a Ray of our own: `python -m bench.fleetserve_driver --config deploy.yaml`.
+"""Serve a fleetserve config as `fleetserve serve -c deploy.yaml` does: `python -m bench.fleetserve_driver --config deploy.yaml`.
 
-The same deploy as `fleetserve serve -c deploy.yaml` (serve_app.launch.deploy), with two
-differences a benchmark on a shared machine needs:
-- `ray.init(address="local", num_cpus=4)` before deploy: a fresh Ray that is this process's
-  own (`fleetserve serve` calls `ray.init()` without an address, which joins a Ray already
-  running on the machine, if any);
-- it prints `READY <url>` where `<url>` is where the app answers: Serve's proxy, or with
-  RAY_SERVE_ENABLE_DIRECT_INGRESS=1 / RAY_SERVE_THROUGHPUT_OPTIMIZED=1 the ingress replica's
-  own port (30000-31000 by default), read from Serve's controller.
+The same code path (serve_app.launch.deploy, whose ensure_ray starts a fresh local Ray with
+the config's fast-path environment), plus what a benchmark needs:
+- it prints `READY <url>` where `<url>` is where Serve's controller routes the app's HTTP
+  traffic: HAProxy or Serve's proxy on the config's port, or the replica's own port under
+  direct ingress without HAProxy;
+- `--no-dashboard` and `--experiment` change one thing each, to measure what it costs: every
+  other argument of ensure_ray's `ray.init` stays as shipped.
 SIGTERM/SIGINT: `serve.shutdown()` and `ray.shutdown()`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import threading
 import time
@@ -44,11 +44,8 @@ def main() -> None:
     """Deploy the config and block until a stop signal."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="fleetserve deploy YAML.")
-    ap.add_argument("--num-cpus", type=int, default=4, help="Logical CPUs of the local Ray.")
     ap.add_argument("--no-dashboard", action="store_true",
                     help="ray.init(include_dashboard=False): measures what Ray's dashboard costs.")
-    ap.add_argument("--no-proxy", action="store_true",
-                    help="Start Serve without its HTTP proxy (direct ingress only): measures what the idle proxy costs.")
     ap.add_argument("--experiment", action="append", default=[], choices=EXPERIMENTS,
                     help="Turn one piece of the request path off to measure it (bench._experiments); repeatable.")
     args = ap.parse_args()
@@ -61,14 +58,13 @@ def main() -> None:
 
     config = load_config(args.config)
     apply_in_driver(args.experiment)
-    ray.init(address="local", num_cpus=args.num_cpus, namespace="serve",
-             **({"include_dashboard": False} if args.no_dashboard else {}), **ray_init_kwargs(args.experiment))
+    extra = ({"include_dashboard": False} if args.no_dashboard else {}) | ray_init_kwargs(args.experiment)
+    if extra:  # add to the ray.init that ensure_ray makes, leaving its own arguments as shipped
+        ray.init = functools.partial(ray.init, **extra)
+    url = deploy(config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
         signal.signal(sig, lambda *_: stop.set())
-    if args.no_proxy:  # deploy()'s own serve.start then finds Serve running and keeps these options
-        serve.start(http_options={"host": config.http.host, "port": config.http.port}, proxy_location="Disabled")
-    url = deploy(config)
     print(f"READY {_ingress_url(config.name, url)}", flush=True)
     stop.wait()
     serve.shutdown()

@@ -2,6 +2,10 @@
 
     .venv/bin/python -m bench.serving_overhead --levels 1,8,32 --reps 3 --duration 12 --out runs/serving-overhead
 
+Stacks (--stacks, in this order by default): raw vLLM, Ray Serve LLM, fleetserve as shipped,
+fleetserve with Ray Serve's throughput-optimized env, and that without Ray's dashboard (see
+bench/_stacks.py). `python -m bench.hold STACK` starts one of them for profiling.
+
 Needs Ray Serve LLM's extra dependencies: `.venv/bin/pip install -e .[bench]` (pyarrow,
 pandas, jsonref). For each stack in turn (--stacks), on the tiny dense model with the same
 engine settings:
@@ -23,7 +27,9 @@ generator and Ray's daemons share the other. Do not run it beside other heavy wo
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import platform
 import re
 import sys
@@ -167,8 +173,6 @@ def _machine() -> dict:
                 break
     except OSError:
         pass
-    import os
-
     mem_kib = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                     if line.startswith("MemTotal:")), 0)
     return {"cpus": os.cpu_count(), "cpu_model": cpu, "mem_gib": round(mem_kib / 2**20, 1), "kernel": platform.release(),
@@ -190,7 +194,7 @@ def _versions() -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="python -m bench.serving_overhead", description=__doc__.splitlines()[0])
-    ap.add_argument("--stacks", default="vllm,rayllm,fleetserve,fleetserve-tput",
+    ap.add_argument("--stacks", default=",".join(STACK_KEYS),
                     help=f"Comma-separated, in order; of {', '.join(STACK_KEYS)}.")
     ap.add_argument("--levels", default="1,8,32", help="Concurrency levels (closed-loop users).")
     ap.add_argument("--reps", type=int, default=3, help="Repetitions per level and load generator.")
@@ -223,13 +227,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return 0, or 1 when a stack failed or a run was refused."""
     args = parse_args(argv)
-    try:
-        import jsonref, pandas, pyarrow  # noqa: F401  Ray Serve LLM imports them
-    except ImportError as e:
-        if "rayllm" in args.stacks:
-            print(f"Ray Serve LLM needs pyarrow, pandas and jsonref ({e}): .venv/bin/pip install -e '.[bench]'",
-                  file=sys.stderr)
-            return 2
+    missing = [m for m in ("pyarrow", "pandas", "jsonref") if importlib.util.find_spec(m) is None]
+    if missing and "rayllm" in args.stacks:  # Ray Serve LLM imports them; ray[serve] does not install them
+        print(f"Ray Serve LLM needs {', '.join(missing)}: .venv/bin/pip install -e '.[bench]'", file=sys.stderr)
+        return 2
     from serve_app.tiny_models import ensure_tiny_model
 
     model_dir = str(ensure_tiny_model("dense"))  # tiny_model_dir("dense"), built on first use
