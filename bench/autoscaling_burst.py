@@ -18,6 +18,11 @@ and Serve's upscale/downscale_delay_s equal our upscale/downscale_stabilization_
 target_ongoing_requests is swept; `max_num_seqs + target_queue_per_replica` asks each replica for
 the same load as our target (a full batch plus one waiting request).
 
+`--max-ongoing` (default 8, twice the simulated batch) caps what Serve hands one replica: the
+rest wait at Serve's handle, where a replica that comes up can take them. With the app's
+default of 256 every request of the burst is routed at once into the first replica's engine
+queue, no later replica can take it, and TTFT p95 measures that queue, whatever the policy does.
+
 The simulated replica is deliberately small (4 sequences, ~60 ms a step), so one Locust process
 on a 2-core machine can overload it and four replicas hold the spike.
 """
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import threading
 import time
@@ -68,12 +74,13 @@ class Outcome:
     back_to_min_s: float | None  # after the load ended
     decisions: int | None = None  # ours only: audit-trail length over the run
     targets: list[tuple[float, int]] = field(default_factory=list)  # (s from load start, target)
+    load_1m: tuple[float, float] | None = None  # machine load average at deploy and at the end: contention check
 
 
-def _model_config(autoscaling: dict, port: int) -> dict:
+def _model_config(autoscaling: dict, port: int, max_ongoing: int) -> dict:
     return {"name": "burst", "http": {"port": port}, "models": [{
         "name": MODEL, "source": "tiny:dense", "engine": "sim", "sim": _SIM, "max_model_len": 1024,
-        "placement": {"accelerator": "CPU"}, "autoscaling": autoscaling}]}
+        "placement": {"accelerator": "CPU"}, "autoscaling": autoscaling, "max_ongoing_requests": max_ongoing}]}
 
 
 class _Poller(threading.Thread):
@@ -114,7 +121,7 @@ def _integrate(samples, t0: float, t1: float) -> float:
     return total
 
 
-def run_variant(variant: Variant, *, url: str, port: int, out: Path, plan, settle_s: float) -> Outcome:
+def run_variant(variant: Variant, *, url: str, port: int, out: Path, plan, settle_s: float, max_ongoing: int) -> Outcome:
     """Deploy `variant`, run the burst, measure, delete the app."""
     import httpx
     from ray import serve
@@ -123,7 +130,8 @@ def run_variant(variant: Variant, *, url: str, port: int, out: Path, plan, settl
     from serve_app.app import build_application
     from serve_app.config import parse_config
 
-    cfg = parse_config(_model_config(variant.autoscaling, port))
+    cfg = parse_config(_model_config(variant.autoscaling, port, max_ongoing))
+    load_start = os.getloadavg()[0]
     serve.run(build_application(cfg), name="burst", route_prefix="/")
     poller = _Poller()
     poller.start()
@@ -164,6 +172,7 @@ def run_variant(variant: Variant, *, url: str, port: int, out: Path, plan, settl
         back_to_min_s=None if back is None else round(t0 + back - load_end, 1),
         decisions=None if audit is None else sum(1 for r in audit if t0 <= r["time_s"] <= horizon),
         targets=[(t, b) for t, _, b in changes],
+        load_1m=(round(load_start, 1), round(os.getloadavg()[0], 1)),
     )
 
 
@@ -174,7 +183,7 @@ def _mean(group: list[Outcome], label: str) -> Outcome:
         return round(statistics.fmean(vals), 1) if vals else None
 
     return Outcome(label=label, **{f.name: avg(f.name) for f in fields(Outcome)
-                                   if f.name not in ("label", "targets")})
+                                   if f.name not in ("label", "targets", "load_1m")})
 
 
 def _table(outcomes: list[Outcome], ours: Outcome) -> str:
@@ -201,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1, help="Repeat every variant this many times (interleaved).")
     ap.add_argument("--out", default="runs/autoscaling-burst", help="Directory for Locust outputs and summary.json.")
     ap.add_argument("--settle-s", type=float, default=25.0, help="Seconds measured after the load ends.")
+    ap.add_argument("--max-ongoing", type=int, default=8,
+                    help="The model's max_ongoing_requests: requests a replica takes at once; the rest wait at "
+                         "Serve's handle, where a new replica can take them (the app's default is 256).")
     args = ap.parse_args(argv)
 
     import ray
@@ -234,9 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                 label = v.label if args.rounds == 1 else f"{v.label}-r{rnd + 1}"
                 print(f"[burst] {label}: deploying and running the spike ...", flush=True)
                 o = run_variant(Variant(label, v.autoscaling), url=url, port=port, out=out, plan=plan,
-                                settle_s=args.settle_s)
+                                settle_s=args.settle_s, max_ongoing=args.max_ongoing)
                 print(f"[burst] {label}: TTFT p95 {o.ttft_p95_ms} ms, {o.replica_s} replica-s, "
-                      f"{o.scale_ups} up / {o.scale_downs} down, targets {o.targets}", flush=True)
+                      f"{o.scale_ups} up / {o.scale_downs} down, targets {o.targets}, load {o.load_1m}", flush=True)
                 outcomes.append(o)
     finally:
         serve.shutdown()
@@ -248,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"means over {args.rounds} rounds:")
     print(_table(shown, next(o for o in shown if o.label.startswith("queue-depth"))))
     summary = {"means": [asdict(o) for o in shown] if args.rounds > 1 else None, "plan": json.loads(plan.model_dump_json()), "sim": _SIM, "common": _COMMON, "ours": _OURS,
-               "settle_s": args.settle_s, "outcomes": [asdict(o) for o in outcomes]}
+               "settle_s": args.settle_s, "max_ongoing_requests": args.max_ongoing, "outcomes": [asdict(o) for o in outcomes]}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"\nsummary: {out / 'summary.json'}")
     return 0

@@ -11,10 +11,12 @@ replica's CPU env — and SimEngine.start), and both are driven the same way: Op
 `forward_asgi` (the router's path into a replica, without HTTP), timed per SSE chunk.
 
     measure(real) ──► fit: prefill_s_per_token   = slope of TTFT(c=1) over prompt length
+                           prefill_s_per_request = TTFT(c=1) intercept - one decode step
                            decode_step_base_s    = step time at batch 1   (least squares over
                            decode_step_per_seq_s = slope over batch        batches 1/8/32)
                   ──► measure(sim with the fit) ──► subtract the simulator's own step overhead once
-                  ──► measure(sim calibrated) ──► error table (fitted points + a held-out mixed load)
+                  ──► measure(sim calibrated), measure(sim with the shipped defaults)
+                  ──► error table (fitted points + a held-out mixed load)
 
 Each engine is measured REPEATS times and each figure is the best of them: other processes on a
 shared machine can only add time, so the best run is the closest to the engine's own cost.
@@ -143,21 +145,27 @@ def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
 
 
 def fit(m: Measures) -> dict[str, float]:
-    """Timing knobs that reproduce `m`: prefill slope, decode base and per-sequence cost."""
-    _, prefill = _line(list(m.ttft_c1_s), list(m.ttft_c1_s.values()))
+    """Timing knobs that reproduce `m`: prefill slope and intercept, decode base and per-sequence cost.
+
+    At concurrency 1 the first token comes with the step that admits the request, so TTFT's
+    intercept over prompt length is one decode step plus the fixed cost of admitting a request.
+    """
+    intercept, prefill = _line(list(m.ttft_c1_s), list(m.ttft_c1_s.values()))
     base, per_seq = _line([b - 1 for b in m.step_s], list(m.step_s.values()))
-    return {"prefill_s_per_token": max(prefill, 0.0), "decode_step_base_s": max(base, 1e-4),
-            "decode_step_per_seq_s": max(per_seq, 0.0)}
+    return {"prefill_s_per_token": max(prefill, 0.0), "prefill_s_per_request": max(intercept - base, 0.0),
+            "decode_step_base_s": max(base, 1e-4), "decode_step_per_seq_s": max(per_seq, 0.0)}
 
 
 def correct(knobs: dict[str, float], sim: dict[str, float]) -> dict[str, float]:
     """Take the simulator's own per-step and per-sequence overhead out of the decode knobs, once.
 
     `sim` is the fit of the simulator run with `knobs`: what it showed beyond what it was told is
-    its own CPU time (event loop, one SSE chunk per sequence per step). Its prefill is a pure
-    sleep with no per-token work, so the prefill slope is kept as measured on vLLM.
+    its own CPU time (event loop, one SSE chunk per sequence per step, its request handling). Its
+    prefill is a pure sleep with no per-token work, so the prefill slope is kept as measured on vLLM.
     """
     out = dict(knobs)
+    out["prefill_s_per_request"] = max(
+        knobs["prefill_s_per_request"] - (sim["prefill_s_per_request"] - knobs["prefill_s_per_request"]), 0.0)
     out["decode_step_base_s"] = max(knobs["decode_step_base_s"] - (sim["decode_step_base_s"] - knobs["decode_step_base_s"]), 1e-4)
     out["decode_step_per_seq_s"] = max(
         knobs["decode_step_per_seq_s"] - (sim["decode_step_per_seq_s"] - knobs["decode_step_per_seq_s"]), 0.0)
@@ -210,10 +218,11 @@ def _chars_per_token(model_dir) -> float:
 
 
 async def measure_sim(knobs: dict[str, float]) -> Measures:
+    """Measure the simulator with `knobs` over the defaults (no cold start: it is timed apart)."""
     from serve_app.config import SimEngineConfig
     from serve_app.engines.sim_engine import SimEngine
 
-    cfg = SimEngineConfig(startup_s=0, max_num_seqs=32, kv_capacity_tokens=1_000_000, **knobs)
+    cfg = SimEngineConfig(**{"max_num_seqs": 32, **knobs, "startup_s": 0})
     engine = await SimEngine.start(MODEL, cfg, 1024)
     try:
         return best_of([await measure(engine.asgi_app, seed=i) for i in range(REPEATS)])
@@ -264,7 +273,8 @@ async def amain(out: Path | None, real_from: Path | None = None) -> int:
     sim_fit = await measure_sim(knobs)
     calibrated = correct(knobs, fit(sim_fit))
     sim_cal = await measure_sim(calibrated)
-    rows = report(real, {"sim (raw fit)": sim_fit, "sim (calibrated)": sim_cal})
+    sim_defaults = await measure_sim({})  # what serve_app/config/_sim.py ships
+    rows = report(real, {"sim (raw fit)": sim_fit, "sim (calibrated)": sim_cal, "sim (defaults)": sim_defaults})
     suggestion = {**{k: float(f"{v:.3g}") for k, v in calibrated.items()}, "max_num_seqs": 32,
                   "startup_s": round(facts["startup_s"], 1), "kv_capacity_tokens": int(facts["kv_capacity_tokens"]),
                   "chars_per_token": round(facts["chars_per_token"], 2)}
@@ -275,6 +285,7 @@ async def amain(out: Path | None, real_from: Path | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "calibration.json").write_text(json.dumps({
             "real": asdict(real), "sim_raw_fit": asdict(sim_fit), "sim_calibrated": asdict(sim_cal),
+            "sim_defaults": asdict(sim_defaults),
             "fit": knobs, "calibrated": calibrated, "facts": facts, "suggestion": suggestion, "table": rows}, indent=1) + "\n")
         print(f"written: {out / 'calibration.json'}")
     return 0

@@ -11,7 +11,7 @@ import pytest
 from serve_app.config import SimEngineConfig
 from serve_app.engines.sim_engine import FINGERPRINT, SimEngine
 
-FAST = dict(startup_s=0, decode_step_base_s=0.002, decode_step_per_seq_s=0.0, prefill_s_per_token=0.0)
+FAST = dict(startup_s=0, decode_step_base_s=0.002, decode_step_per_seq_s=0.0, prefill_s_per_token=0.0, chars_per_token=4.0)
 
 
 def _run(coro):
@@ -105,3 +105,44 @@ def test_bad_requests_get_openai_errors(body, status, param):
     r = _run(main())
     assert r.status_code == status
     assert r.json()["error"]["param"] == param
+
+
+def test_token_id_prompts_count_exactly_and_text_is_estimated():
+    async def main():
+        eng = await _engine(chars_per_token=4.3)
+        async with _client(eng) as c:
+            ids = await c.post("/v1/completions", json={"model": "sim", "prompt": list(range(100, 112)), "max_tokens": 2})
+            text = await c.post("/v1/completions", json={"model": "sim", "prompt": "x" * 43, "max_tokens": 2})
+        eng.shutdown()
+        return ids.json()["usage"], text.json()["usage"]
+
+    ids, text = _run(main())
+    assert ids["prompt_tokens"] == 12
+    assert text["prompt_tokens"] == 10
+
+
+def test_admission_cost_is_paid_once_per_admitted_request_by_the_step_that_admits_it():
+    """Two requests arriving together share one admitting step: its length is 2 x the admission cost."""
+    async def main():
+        eng = await _engine(prefill_s_per_request=0.1)
+        async with _client(eng) as c:
+            body = {"model": "sim", "prompt": [1, 2, 3], "max_tokens": 3, "stream": True}
+
+            async def ttft_and_total() -> tuple[float, float]:
+                t0 = asyncio.get_running_loop().time()
+                first = None
+                async with c.stream("POST", "/v1/completions", json=body) as r:
+                    async for line in r.aiter_lines():
+                        if first is None and line.startswith("data: {"):
+                            first = asyncio.get_running_loop().time() - t0
+                return first, asyncio.get_running_loop().time() - t0
+
+            alone = await ttft_and_total()
+            pair = await asyncio.gather(ttft_and_total(), ttft_and_total())
+        eng.shutdown()
+        return alone, pair
+
+    (ttft_alone, total_alone), pair = _run(main())
+    assert ttft_alone >= 0.1  # admission + one 2 ms step
+    assert total_alone - ttft_alone < 0.1  # the two later steps do not pay it again (that would be >= 0.2)
+    assert all(ttft >= 0.2 for ttft, _ in pair)  # one step admitted both

@@ -94,6 +94,7 @@ class _Scheduler:
                 admitted.append(seq)
             step = cfg.decode_step_base_s + cfg.decode_step_per_seq_s * max(0, len(self.running) - 1)
             step += cfg.prefill_s_per_token * sum(s.prompt_tokens for s in admitted)
+            step += cfg.prefill_s_per_request * len(admitted)
             await asyncio.sleep(step)
             now = time.monotonic()
             still = []
