@@ -165,10 +165,10 @@ def sweep_command(
         if not (address or os.environ.get("RAY_ADDRESS")):
             _check_port_free(target)
         need = max(c.models[0].parallelism.world_size * c.models[0].autoscaling.max_replicas for _, c in planned) + 2
-        from cluster.ray_env import fast_path_env
+        from cluster.ray_env import local_fast_path_env
 
         with ray_session(address=address, local_nodes=local_nodes, cpus_per_node=cpus_per_node, min_cpus=need,
-                         env=fast_path_env(cfg)) as label:
+                         env=local_fast_path_env(cfg)) as label:
             sweep = run_sweep(cfg, [s for s, _ in planned], out_dir=out, host=target, ladder=ladder, model=model,
                               slo=slo, address=label, seed=seed, progress=typer.echo,
                               ready_timeout_s=parse_duration(ready_timeout, field="--ready-timeout") or 900.0)

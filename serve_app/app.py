@@ -17,7 +17,7 @@ import ray
 from ray import serve
 from ray.serve import Application
 
-from cluster.ray_env import fast_path_env
+from cluster.ray_env import fast_path_env, local_fast_path_env
 from serve_app.autoscaling.serve_adapter import deployment_scaling_options
 from serve_app.config import AppConfig, ModelConfig, Parallelism, parse_config, load_config, resolve_local_dir
 from serve_app.config._tiny import TINY_PREFIX
@@ -127,7 +127,7 @@ def ensure_ray(config: AppConfig) -> None:
         return
     # Logical CPUs: vLLM's CPU workers pin their own threads, Ray's count is bookkeeping.
     need = sum(m.placement.cpus_per_worker * _world_size(m) * m.autoscaling.max_replicas for m in config.models)
-    for key, value in fast_path_env(config).items():
+    for key, value in local_fast_path_env(config).items():
         os.environ.setdefault(key, value)  # inherited by the Ray processes started next
     # address="local": never attach to some other Ray that happens to run on this machine.
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need) + 2), namespace="serve")

@@ -82,3 +82,16 @@ def test_importing_config_pulls_in_neither_ray_nor_vllm():
     code = "import sys, serve_app.config as c; c.load_config(); print(sorted(m for m in ('ray','vllm','locust','torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_local_fast_path_env_gives_haproxy_free_ports_and_the_pod_env_does_not():
+    from cluster.ray_env import fast_path_env, local_fast_path_env
+
+    cfg = load_config(DEFAULT_CONFIG_PATH)
+    local = local_fast_path_env(cfg)
+    assert {k: v for k, v in local.items() if k in fast_path_env(cfg)} == fast_path_env(cfg)
+    ports = {int(local["RAY_SERVE_HAPROXY_STATS_PORT"]), int(local["RAY_SERVE_HAPROXY_METRICS_PORT"])}
+    assert len(ports) == 2 and all(p > 0 for p in ports)
+    assert "RAY_SERVE_HAPROXY_STATS_PORT" not in fast_path_env(cfg)  # a pod keeps Serve's defaults
+    slow = parse_config({**yaml.safe_load(DEFAULT_CONFIG_PATH.read_text()), "http": {"fast_path": False}})
+    assert local_fast_path_env(slow) == {}

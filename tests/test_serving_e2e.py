@@ -16,7 +16,8 @@ import ray
 from ray import serve
 
 from conftest import free_port
-from serve_app.app import build_application, fast_path_env
+from cluster.ray_env import local_fast_path_env
+from serve_app.app import build_application
 from serve_app.config import parse_config
 
 pytestmark = pytest.mark.slow
@@ -47,7 +48,7 @@ def base_url():
     # The default fast path (HAProxy -> router replica's own port -> model replicas over gRPC):
     # Serve reads these env vars in the processes Ray starts next.
     saved = dict(os.environ)
-    os.environ.update(fast_path_env(cfg))
+    os.environ.update(local_fast_path_env(cfg))
     ray.init(address="local", num_cpus=6, namespace="serve")
     try:
         app = build_application(cfg)
@@ -149,3 +150,14 @@ def test_the_http_port_is_served_by_haproxy_on_the_fast_path(base_url):
     owners = {psutil.Process(c.pid).name() for c in psutil.net_connections("tcp")
               if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid}
     assert owners == {"haproxy"}, owners
+
+
+def test_haproxy_stats_and_metrics_listen_on_this_instances_own_ports(base_url):
+    """Not on Serve's machine-wide defaults (8404, 9101), where a second Serve on the machine would collide."""
+    import psutil
+
+    wanted = {int(os.environ["RAY_SERVE_HAPROXY_STATS_PORT"]), int(os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"])}
+    assert wanted.isdisjoint({8404, 9101})
+    listening = {c.laddr.port for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.pid and psutil.Process(c.pid).name() == "haproxy"}
+    assert wanted <= listening, (wanted, listening)
