@@ -13,7 +13,7 @@ from bench._measure import Spread, fmt_num, fmt_ratio, fmt_spread, ratio, spread
 __all__ = ["render_report", "level_spreads", "cpu_per_1k_tokens", "PEERS"]
 
 PEERS = (("vllm", "raw vLLM"), ("rayllm", "Ray Serve LLM"))
-OURS = ("fleetserve", "fleetserve-proxy", "fleetserve-tput", "fleetserve-lean")
+OURS = ("fleetserve", "fleetserve-proxy", "fleetserve-tput", "fleetserve-dashboard")
 
 
 def level_spreads(stack: dict, level: str, tool: str) -> dict[str, Spread | None]:

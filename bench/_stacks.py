@@ -7,7 +7,7 @@
                       the replica's own port, throughput-optimized Serve, Ray workers at nice 0)
     fleetserve-proxy  the same with http.fast_path false: Serve's Python proxy, Serve's defaults
     fleetserve-tput   the fast path without HAProxy: clients call the replica's own port
-    fleetserve-lean   the shipped fast path without Ray's dashboard
+    fleetserve-dashboard  as shipped plus Ray's dashboard (local_ray.dashboard: true)
 
 Every stack gets the same model dir, served name, dtype, eager mode, max_num_seqs,
 max_model_len, KV cache size and OpenMP binding; vLLM's own default for
@@ -25,7 +25,7 @@ from pathlib import Path
 
 __all__ = ["EngineSettings", "StackSpec", "STACK_KEYS", "build_stack", "base_env"]
 
-STACK_KEYS = ("vllm", "rayllm", "fleetserve", "fleetserve-proxy", "fleetserve-tput", "fleetserve-lean")
+STACK_KEYS = ("vllm", "rayllm", "fleetserve", "fleetserve-proxy", "fleetserve-tput", "fleetserve-dashboard")
 REPO = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
@@ -87,10 +87,12 @@ def base_env(settings: EngineSettings) -> dict[str, str]:
     return env
 
 
-def _fleetserve_config(settings: EngineSettings, port: int, path: Path, *, fast_path: bool = True) -> Path:
+def _fleetserve_config(settings: EngineSettings, port: int, path: Path, *, fast_path: bool = True,
+                       dashboard: bool = False) -> Path:
     cfg = {
         "name": "fleetserve",
         "http": {"host": "127.0.0.1", "port": port, "fast_path": fast_path},
+        "local_ray": {"dashboard": dashboard},
         "models": [{
             "name": settings.served_name,
             "source": settings.model_dir,
@@ -138,7 +140,8 @@ def _build_stack(key: str, settings: EngineSettings, *, work_dir: Path, python: 
                          notes=("as shipped: ingress deployment + LLMServer behind Serve's proxy, "
                                 "streamed output grouped every 50 ms (RAYLLM_MODEL_RESPONSE_BATCH_TIMEOUT_MS)",))
     if key.startswith("fleetserve"):
-        cfg = _fleetserve_config(settings, port, work_dir / f"{key}.yaml", fast_path=key != "fleetserve-proxy")
+        cfg = _fleetserve_config(settings, port, work_dir / f"{key}.yaml", fast_path=key != "fleetserve-proxy",
+                                 dashboard=key == "fleetserve-dashboard")
         argv = [python, "-m", "bench.fleetserve_driver", "--config", str(cfg)]
         if key == "fleetserve":
             return StackSpec(key, "fleetserve", argv, env, None, notes=(
@@ -153,7 +156,7 @@ def _build_stack(key: str, settings: EngineSettings, *, work_dir: Path, python: 
             return StackSpec(key, "fleetserve (fast path, no HAProxy)", argv, env, None, notes=(
                 "fast path with RAY_SERVE_ENABLE_HA_PROXY=0: clients call the replica's own direct-ingress port "
                 "(30000-31000), no HAProxy hop",))
-        if key == "fleetserve-lean":
-            return StackSpec(key, "fleetserve (no dashboard)", argv + ["--no-dashboard"], env, None, notes=(
-                "as shipped plus ray.init(include_dashboard=False)",))
+        if key == "fleetserve-dashboard":
+            return StackSpec(key, "fleetserve (with Ray's dashboard)", argv, env, None, notes=(
+                "as shipped plus local_ray.dashboard: true (ray.init(include_dashboard=True))",))
     raise ValueError(f"unknown stack {key!r}; use one of {', '.join(STACK_KEYS)}")

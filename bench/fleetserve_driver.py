@@ -5,8 +5,8 @@ the config's fast-path environment), plus what a benchmark needs:
 - it prints `READY <url>` where `<url>` is where Serve's controller routes the app's HTTP
   traffic: HAProxy or Serve's proxy on the config's port, or the replica's own port under
   direct ingress without HAProxy;
-- `--no-dashboard` and `--experiment` change one thing each, to measure what it costs: every
-  other argument of ensure_ray's `ray.init` stays as shipped.
+- `--experiment` changes one thing, to measure what it costs: every other argument of
+  ensure_ray's `ray.init` stays as shipped.
 SIGTERM/SIGINT: `serve.shutdown()` and `ray.shutdown()`.
 """
 
@@ -44,8 +44,6 @@ def main() -> None:
     """Deploy the config and block until a stop signal."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="fleetserve deploy YAML.")
-    ap.add_argument("--no-dashboard", action="store_true",
-                    help="ray.init(include_dashboard=False): measures what Ray's dashboard costs.")
     ap.add_argument("--experiment", action="append", default=[], choices=EXPERIMENTS,
                     help="Turn one piece of the request path off to measure it (bench._experiments); repeatable.")
     args = ap.parse_args()
@@ -58,7 +56,7 @@ def main() -> None:
 
     config = load_config(args.config)
     apply_in_driver(args.experiment)
-    extra = ({"include_dashboard": False} if args.no_dashboard else {}) | ray_init_kwargs(args.experiment)
+    extra = ray_init_kwargs(args.experiment)
     if extra:  # add to the ray.init that ensure_ray makes, leaving its own arguments as shipped
         ray.init = functools.partial(ray.init, **extra)
     url = deploy(config)

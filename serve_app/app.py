@@ -130,7 +130,8 @@ def ensure_ray(config: AppConfig) -> None:
     for key, value in local_fast_path_env(config).items():
         os.environ.setdefault(key, value)  # inherited by the Ray processes started next
     # address="local": never attach to some other Ray that happens to run on this machine.
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need) + 2), namespace="serve")
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need) + 2), namespace="serve",
+             include_dashboard=config.local_ray.dashboard)
 
 
 def build_application(config: AppConfig, *, check_placement: bool = True) -> Application:

@@ -16,6 +16,7 @@ from serve_app.config._schema import (
     RESERVED_ENGINE_ARGS,
     AppConfig,
     HttpConfig,
+    LocalRayConfig,
     ModelConfig,
     Parallelism,
     Placement,
@@ -29,7 +30,7 @@ __all__ = [
     "AppConfig", "AutoscalingConfig", "HttpConfig", "ModelConfig", "Parallelism", "Placement", "TelemetryConfig",
     "ModelShape", "SimEngineConfig", "RESERVED_ENGINE_ARGS", "TINY_PREFIX", "TINY_SPECS", "CONFIG_ENV_VAR", "DEFAULT_CONFIG_PATH",
     "load_config", "parse_config", "resolve_local_dir", "shape_of_source", "models_home", "tiny_model_dir",
-    "KubernetesConfig",
+    "KubernetesConfig", "LocalRayConfig",
     "app", "build_app",
 ]
 

@@ -217,6 +217,19 @@ class TelemetryConfig(Frozen):
     sampling_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of requests traced.")
 
 
+class LocalRayConfig(Frozen):
+    """The Ray that fleetserve starts on this machine when no cluster is given ($RAY_ADDRESS unset or "local").
+
+    A laptop or CI run. A cluster's Ray (KubeRay, `ray start`) is configured where it is started,
+    not here.
+    """
+
+    dashboard: bool = Field(False, description=(
+        "Start Ray's dashboard (http://127.0.0.1:8265): its UI, the state API and Serve's REST API (`serve status`, "
+        "`serve deploy`). Off by default: on the tiny-model benchmark it cost 218 MiB of memory and 1.7 s of start-up "
+        "(BENCHMARKS.md), and fleetserve's own commands do not need it."))
+
+
 class AppConfig(Frozen):
     """The whole application: the single source of truth for app, placement, autoscaling, manifests and load plans."""
 
@@ -229,6 +242,9 @@ class AppConfig(Frozen):
         "User-defined accelerators for the capacity planner, beside its built-in catalog (same name wins here)."))
     kubernetes: KubernetesConfig = Field(
         default_factory=KubernetesConfig, description="How the app runs as a KubeRay RayService (cluster/k8s renders it)."
+    )
+    local_ray: LocalRayConfig = Field(
+        default_factory=LocalRayConfig, description="The Ray fleetserve starts itself when no cluster address is given."
     )
 
     @model_validator(mode="after")
