@@ -93,7 +93,9 @@ def _startup_table(doc: dict) -> list[str]:
     for s in stacks.values():
         pss = s.get("idle_pss_kib")
         after = s.get("after_load_pss_kib")
-        out.append(f"| {s['label']} | {fmt_num(s.get('startup_s'), digits=1)} "
+        runs = s.get("startup_runs_s") or []
+        spread = f" ({min(runs):.1f}–{max(runs):.1f})" if len(runs) > 1 else ""
+        out.append(f"| {s['label']} | {fmt_num(s.get('startup_s'), digits=1)}{spread} "
                    f"| {fmt_ratio(ratio(s.get('startup_s'), base.get('startup_s')))} "
                    f"| {fmt_num(pss / 2**20 if pss else None, digits=2)} | {s.get('idle_processes', '–')} "
                    f"| {fmt_ratio(ratio(pss, base.get('idle_pss_kib')))} "

@@ -11,6 +11,7 @@ pandas, jsonref). For each stack in turn (--stacks), on the tiny dense model wit
 engine settings:
 
     start (own process group, our session) ──► first successful chat completion: start-up time
+      (--starts cold starts per stack, interleaved across stacks; median and range reported)
       ──► idle 5 s ──► PSS of the whole process tree (Ray: raylet, GCS, workers, engine...)
       ──► warm-up load ──► timed probe streams (refuse a stack whose streams burst)
       ──► per concurrency level, --reps times: Locust user run, then `vllm bench serve`
@@ -32,6 +33,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -92,6 +94,34 @@ def _start(spec: StackSpec, settings: EngineSettings, out: Path, result: dict) -
             result.setdefault("notes", []).append(f"start-up retried once after: {str(e).splitlines()[0]}")
             _log(f"{spec.label}: did not come up ({str(e).splitlines()[0]}); retrying once")
     raise AssertionError("unreachable")
+
+
+def cold_start(spec: StackSpec, settings: EngineSettings, out: Path) -> dict:
+    """Start the stack, time its first completion, take its idle PSS, stop it: one start-up sample."""
+    sample: dict = {}
+    try:
+        tree, _, startup_s = _start(spec, settings, out, sample)
+    except Exception as e:
+        _log(f"{spec.label}: cold start FAILED: {type(e).__name__}: {e}")
+        return {"error": f"{type(e).__name__}: {e}"}
+    try:
+        time.sleep(IDLE_SETTLE_S)
+        sample.update(startup_s=startup_s, idle_pss_kib=_procs.tree_pss_kib(tree.pid)[0])
+        _log(f"{spec.label}: cold start {startup_s:.1f} s, idle PSS {sample['idle_pss_kib'] / 2**20:.2f} GiB")
+        return sample
+    finally:
+        _procs.stop(tree)
+
+
+def merge_starts(result: dict, samples: list[dict]) -> None:
+    """Make `result`'s start-up and idle PSS the median over its own start and the extra cold starts."""
+    if "startup_s" not in result:
+        return
+    ok = [s for s in samples if "startup_s" in s] + [{"startup_s": result["startup_s"], "idle_pss_kib": result["idle_pss_kib"]}]
+    result["startup_runs_s"] = [round(s["startup_s"], 2) for s in ok]
+    result["idle_pss_runs_kib"] = [s["idle_pss_kib"] for s in ok]
+    result["startup_s"] = statistics.median(result["startup_runs_s"])
+    result["idle_pss_kib"] = int(statistics.median(result["idle_pss_runs_kib"]))
 
 
 def run_stack(spec: StackSpec, settings: EngineSettings, args: argparse.Namespace, out: Path) -> dict:
@@ -199,6 +229,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--levels", default="1,8,32", help="Concurrency levels (closed-loop users).")
     ap.add_argument("--reps", type=int, default=3, help="Repetitions per level and load generator.")
     ap.add_argument("--duration", type=float, default=12.0, help="Seconds of load per Locust repetition.")
+    ap.add_argument("--starts", type=int, default=3,
+                    help="Cold starts per stack for start-up time and idle PSS (median; the last one is also loaded).")
     ap.add_argument("--warmup", type=float, default=5.0, help="Seconds of warm-up load per stack (not reported).")
     ap.add_argument("--input-len", type=int, default=64, help="Prompt tokens (approximate for Locust's synthetic prompts).")
     ap.add_argument("--output-len", type=int, default=64, help="Output tokens per request (ignore_eos).")
@@ -219,8 +251,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.levels = [int(x) for x in args.levels.split(",") if x.strip()]
     except ValueError:
         ap.error(f"--levels {args.levels!r}: use comma-separated integers, e.g. 1,8,32")
-    if not args.levels or min(args.levels) < 1 or args.reps < 1:
-        ap.error("--levels must be integers >= 1 and --reps >= 1")
+    if not args.levels or min(args.levels) < 1 or args.reps < 1 or args.starts < 1:
+        ap.error("--levels must be integers >= 1, --reps and --starts >= 1")
     return args
 
 
@@ -244,9 +276,16 @@ def main(argv: list[str] | None = None) -> int:
            "load": {"levels": args.levels, "reps": args.reps, "duration_s": args.duration, "input_len": args.input_len,
                     "output_len": args.output_len, "warmup_s": args.warmup},
            "stacks": {}}
+    specs = {key: build_stack(key, settings, work_dir=out / key, experiments=tuple(args.experiment)) for key in args.stacks}
+    # Start-up varies by seconds with what else the machine does: extra cold starts, interleaved
+    # across stacks so that a busy minute lands on all of them alike; the median is reported.
+    samples: dict[str, list[dict]] = {key: [] for key in args.stacks}
+    for _ in range(args.starts - 1):
+        for key in args.stacks:
+            samples[key].append(cold_start(specs[key], settings, out))
     for key in args.stacks:
-        spec = build_stack(key, settings, work_dir=out / key, experiments=tuple(args.experiment))
-        doc["stacks"][key] = run_stack(spec, settings, args, out)
+        doc["stacks"][key] = run_stack(specs[key], settings, args, out)
+        merge_starts(doc["stacks"][key], samples[key])
         (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
     report = render_report(doc)
     (out / "report.md").write_text(report)

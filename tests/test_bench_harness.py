@@ -169,3 +169,15 @@ def test_report_has_medians_spreads_and_ratios_to_both_peers():
     # CPU per 1,000 output tokens (median over runs): the front end used 1 ms per token in every run.
     assert "| front end | 100 | 100 | 100 |" in text
     assert "| front end | 1 | 1 | 1 |" in text  # idle PSS by role, MiB
+
+
+def test_start_up_is_the_median_of_the_cold_starts_and_the_report_shows_their_range():
+    from bench.serving_overhead import merge_starts
+
+    doc = _doc()
+    fs = doc["stacks"]["fleetserve"]
+    merge_starts(fs, [{"startup_s": 30.0, "idle_pss_kib": 4 << 20}, {"error": "did not come up"},
+                      {"startup_s": 21.0, "idle_pss_kib": 3 << 20}])
+    assert fs["startup_runs_s"] == [30.0, 21.0, 22.0]  # the failed start is left out, not counted as 0
+    assert fs["startup_s"] == 22.0 and fs["idle_pss_kib"] == 3 << 20
+    assert "| fleetserve | 22.0 (21.0–30.0) | 1.10× | 3.00 | 4 | 1.50× |" in render_report(doc)
