@@ -18,6 +18,19 @@ from conftest import REPO, free_port
 pytestmark = pytest.mark.slow
 
 
+def _descendants(pid: int) -> list:
+    import psutil
+
+    out = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            child.cmdline()
+            out.append(child)
+        except psutil.Error:  # exited between listing and reading
+            pass
+    return out
+
+
 def test_fleetserve_serve_prints_the_url_answers_and_stops_cleanly(tmp_path):
     default = yaml.safe_load((REPO / "serve_app/config/default.yaml").read_text())
     default["http"]["port"] = free_port()
@@ -42,6 +55,11 @@ def test_fleetserve_serve_prints_the_url_answers_and_stops_cleanly(tmp_path):
             "model": "tiny-dense", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4})
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"]
+        # The Ray it started runs without the dashboard (local_ray.dashboard defaults to false): a
+        # full dashboard forks one "ray-dashboard-<Module>" process per module.
+        tree = [" ".join(c.cmdline()) for c in _descendants(proc.pid)]
+        assert any("raylet" in c for c in tree), tree  # the tree is Ray's: the next check is not vacuous
+        assert not [c for c in tree if "ray-dashboard-" in c]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
