@@ -6,7 +6,7 @@ import socket
 
 from serve_app.config import AppConfig
 
-__all__ = ["fast_path_env", "haproxy_ports_env", "local_fast_path_env"]
+__all__ = ["fast_path_env", "free_local_port", "haproxy_ports_env", "local_fast_path_env"]
 
 
 def fast_path_env(config: AppConfig) -> dict[str, str]:
@@ -37,7 +37,8 @@ def haproxy_ports_env(*, stats_port: int, metrics_port: int) -> dict[str, str]:
     return {"RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port)}
 
 
-def _free_port() -> int:
+def free_local_port() -> int:
+    """A TCP port free on this machine now, for a service of a Ray started here (HAProxy's, the dashboard's)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -47,5 +48,5 @@ def local_fast_path_env(config: AppConfig) -> dict[str, str]:
     """`fast_path_env` for a Ray started on this machine: plus free ports for HAProxy's stats and metrics."""
     env = fast_path_env(config)
     if env:
-        env.update(haproxy_ports_env(stats_port=_free_port(), metrics_port=_free_port()))
+        env.update(haproxy_ports_env(stats_port=free_local_port(), metrics_port=free_local_port()))
     return env

@@ -35,6 +35,7 @@ from loadtest.sweep_results import (
     ClusterInfo, Ladder, Layout, NodeInfo, PlacementGroupSeen, Slo, StrategyResult, SweepResults, step_result,
     write_sweep,
 )
+from cluster.ray_env import free_local_port
 from serve_app.config import AppConfig
 from serve_app.errors import ConfigError
 
@@ -271,12 +272,6 @@ def _load_shares_a_node() -> bool:
     return any(n.get("Alive") and n.get("NodeManagerAddress") in mine for n in ray.nodes())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cluster_info(address: str) -> ClusterInfo:
     """Describe the connected Ray cluster's alive nodes and this (load-generating) machine."""
     import ray
@@ -303,7 +298,7 @@ def ray_session(*, address: str | None, local_nodes: int = 0, cpus_per_node: flo
     local_nodes - 1 workers, `cpus_per_node` logical CPUs each) to try multi-node layouts on one
     machine. A single local Ray gets at least `min_cpus` logical CPUs (e.g. the largest
     strategy's bundles plus room for Serve). A connected cluster is only disconnected from, never stopped.
-    `env` (e.g. cluster.ray_env.fast_path_env) is set for the Ray processes started here.
+    `env` (e.g. cluster.ray_env.local_fast_path_env) is set for the Ray processes started here.
     """
     import ray
 
@@ -324,7 +319,7 @@ def ray_session(*, address: str | None, local_nodes: int = 0, cpus_per_node: flo
         from ray.cluster_utils import Cluster
 
         # A free dashboard port: the default 8265 may belong to another Ray on this machine.
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus_per_node, "dashboard_port": _free_port()})
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus_per_node, "dashboard_port": free_local_port()})
         for _ in range(local_nodes - 1):
             cluster.add_node(num_cpus=cpus_per_node)
         cluster.wait_for_nodes()
