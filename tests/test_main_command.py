@@ -18,14 +18,13 @@ from conftest import REPO, free_port
 pytestmark = pytest.mark.slow
 
 
-def _descendants(pid: int) -> list:
+def _descendant_cmdlines(pid: int) -> list[str]:
     import psutil
 
     out = []
     for child in psutil.Process(pid).children(recursive=True):
         try:
-            child.cmdline()
-            out.append(child)
+            out.append(" ".join(child.cmdline()))
         except psutil.Error:  # exited between listing and reading
             pass
     return out
@@ -57,7 +56,7 @@ def test_fleetserve_serve_prints_the_url_answers_and_stops_cleanly(tmp_path):
         assert r.json()["choices"][0]["message"]["content"]
         # The Ray it started runs without the dashboard (local_ray.dashboard defaults to false): a
         # full dashboard forks one "ray-dashboard-<Module>" process per module.
-        tree = [" ".join(c.cmdline()) for c in _descendants(proc.pid)]
+        tree = _descendant_cmdlines(proc.pid)
         assert any("raylet" in c for c in tree), tree  # the tree is Ray's: the next check is not vacuous
         assert not [c for c in tree if "ray-dashboard-" in c]
     finally:
