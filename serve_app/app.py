@@ -92,10 +92,17 @@ def deployment_options(model: ModelConfig, layout: Layout) -> dict[str, Any]:
         # The replica actor takes bundle 0's CPU; its engine workers take the accelerators.
         "ray_actor_options": {"num_cpus": min(1.0, bundle0.get("CPU", 0.0)), "num_gpus": 0, "runtime_env": {"env_vars": env}},
         "max_ongoing_requests": model.max_ongoing_requests,
-        "health_check_period_s": 10,
+        # A dead engine fails the check at once (a flag); Serve replaces the replica after 3 misses.
+        "health_check_period_s": model.health_check_period_s,
         "health_check_timeout_s": 60,
-        "graceful_shutdown_timeout_s": 30,
+        # Scale-down and upgrades: the replica stops taking requests and finishes in-flight ones first.
+        "graceful_shutdown_wait_loop_s": 1,
+        "graceful_shutdown_timeout_s": model.graceful_shutdown_timeout_s,
     }
+    if model.limits.max_queued_requests is not None:
+        # Serve's own bounded queue: past it a 503 with Retry-After, not unbounded waiting.
+        opts["max_queued_requests"] = model.limits.max_queued_requests
+        opts["backpressure_config"] = {"status_code": 503, "retry_after_s": model.limits.retry_after_s}
     # Fixed count, or our queue-depth policy registered as Serve's AutoscalingPolicy.
     opts.update(deployment_scaling_options(model.autoscaling, model=model.name))
     return opts
@@ -127,7 +134,10 @@ def ensure_ray(config: AppConfig) -> None:
     # Logical CPUs: vLLM's CPU workers pin their own threads, Ray's count is bookkeeping.
     need = sum(m.placement.cpus_per_worker * _world_size(m) * m.autoscaling.max_replicas for m in config.models)
     for key, value in local_fast_path_env(config).items():
-        os.environ.setdefault(key, value)  # inherited by the Ray processes started next
+        # Inherited by the Ray processes started next. A user's own setting wins, except for
+        # ports: they are this instance's own, and one left by an earlier Ray would be shared.
+        if key.endswith("_PORT") or key not in os.environ:
+            os.environ[key] = value
     # address="local": never attach to some other Ray that happens to run on this machine.
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need) + 2), namespace="serve",
              include_dashboard=config.local_ray.dashboard)
@@ -144,8 +154,10 @@ def build_application(config: AppConfig, *, check_placement: bool = True) -> App
     from serve_app.deployment import DirectModelServer, ModelServer, ReplicaSpec
     from serve_app.ingress.router import Router
 
+    from serve_app.ingress.gate import OPENAI_ROUTES, ROUTER_ROUTES, GateSpec
+
     ensure_ray(config)
-    api_keys = tuple(k.get_secret_value() for k in config.api_keys)
+    direct = config.direct_ingress
     bound = {}
     for i, m in enumerate(config.models):
         layout = layout_for(m, extra_accelerators=config.accelerators)
@@ -153,16 +165,16 @@ def build_application(config: AppConfig, *, check_placement: bool = True) -> App
             check_schedulable(model=m.name, bundles=list(layout.bundles), strategy=layout.strategy,
                               timeout_s=m.placement.schedule_timeout_s)
         spec = ReplicaSpec(model=m, model_index=i, model_dir=_model_dir(m), parallelism=layout.parallelism,
-                           executor=layout.executor, api_keys=api_keys)
-        direct = len(config.models) == 1 and config.http.ingress == "auto"
+                           executor=layout.executor,
+                           gate=GateSpec.from_config(config, routes=OPENAI_ROUTES) if direct else None)
         cls = DirectModelServer if direct else ModelServer
         bound[m.name] = serve.deployment(cls).options(**deployment_options(m, layout)).bind(spec)
-    if len(bound) == 1 and config.http.ingress == "auto":
+    if direct:
         return next(iter(bound.values()))
     router = serve.deployment(Router).options(
         name="router", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100_000
     )
-    return router.bind(bound, api_keys)
+    return router.bind(bound, GateSpec.from_config(config, routes=ROUTER_ROUTES))
 
 
 def build_app_from_args(args: dict[str, Any]) -> Application:

@@ -18,6 +18,7 @@ from ray import serve
 
 from serve_app.config import ModelConfig, Parallelism
 from serve_app.ingress.asgi_forward import forward_asgi
+from serve_app.ingress.gate import GateSpec
 
 __all__ = ["ModelServer", "DirectModelServer", "ReplicaSpec"]
 
@@ -33,7 +34,7 @@ class ReplicaSpec:
     model_dir: str
     parallelism: Parallelism
     executor: str  # "mp" or "ray"
-    api_keys: tuple[str, ...] = ()
+    gate: GateSpec | None = None  # direct ingress only: the replica is the app's HTTP front
 
 
 async def _start_engine(spec: ReplicaSpec):
@@ -45,7 +46,6 @@ async def _start_engine(spec: ReplicaSpec):
             model_dir=spec.model_dir,
             parallelism=spec.parallelism,
             executor=spec.executor,
-            api_keys=spec.api_keys,
             field_prefix=f"models[{spec.model_index}]",
         )
         return await VLLMEngine.start(args)
@@ -60,8 +60,14 @@ class ModelServer:
     """A Serve replica wrapping one engine and its OpenAI app."""
 
     async def __init__(self, spec: ReplicaSpec):
+        from serve_app.ingress.guard import EngineGuard
+
         self._spec = spec
         self._engine = await _start_engine(spec)
+        engine = self._engine
+        self._app = EngineGuard(engine.asgi_app, model=spec.model.name, alive=engine.alive,
+                                waiting_prompt_tokens=lambda: engine.stats().waiting_prompt_tokens,
+                                limits=spec.model.limits)
         log.info("fleetserve: %s ready (tp=%d pp=%d ep=%d executor=%s)", spec.model.name,
                  spec.parallelism.tensor, spec.parallelism.pipeline, spec.parallelism.expert, spec.executor)
 
@@ -70,7 +76,7 @@ class ModelServer:
     ) -> AsyncIterator[Any]:
         """Serve one HTTP request forwarded by the router; yields ("start", status, headers) then chunks."""
         async for item in forward_asgi(
-            self._engine.asgi_app, method=method, path=path, query_string=query_string, headers=headers, body=body
+            self._app, method=method, path=path, query_string=query_string, headers=headers, body=body
         ):
             yield item
 
@@ -99,9 +105,12 @@ class DirectModelServer(ModelServer):
     def __serve_build_asgi_app__(self):
         from starlette.routing import Route
 
+        from serve_app.ingress.gate import Gate
         from serve_app.ingress.http import autoscaler_history
 
-        app = self._engine.asgi_app
+        inner = self._engine.asgi_app
         # The audit-trail endpoint lives beside vLLM's routes (one ingress per app in direct mode).
-        app.router.routes.insert(0, Route("/-/autoscaler/{model}", autoscaler_history, methods=["GET"]))
-        return app
+        inner.router.routes.insert(0, Route("/-/autoscaler/{model}", autoscaler_history, methods=["GET"]))
+        served = [getattr(r, "path", None) for r in inner.router.routes]
+        # client ──► Gate (routes, key, limits) ──► EngineGuard (engine state) ──► vLLM's OpenAI app
+        return Gate(self._app, self._spec.gate).restrict_to(p for p in served if p)

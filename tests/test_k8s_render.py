@@ -396,3 +396,23 @@ def test_rendering_modules_are_pure():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_api_keys_come_from_a_secret_in_every_pod_and_never_inline():
+    cfg = _config(kubernetes={"api_keys_secret": {"secret_name": "fleetserve-keys"}})
+    svc = render_rayservice(cfg)
+    text = yaml.safe_dump(svc)
+    spec = svc["spec"]["rayClusterConfig"]
+    pods = [spec["headGroupSpec"]] + spec["workerGroupSpecs"]
+    for pod in pods:
+        env = {e["name"]: e for e in pod["template"]["spec"]["containers"][0]["env"]}
+        assert env["FLEETSERVE_API_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "fleetserve-keys", "key": "keys"}
+    app_config = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"][0]["args"]["config"]
+    assert app_config["api_keys_env"] == "FLEETSERVE_API_KEYS" and "api_keys" not in app_config
+    assert "value: sk-" not in text
+
+
+def test_a_key_source_the_pods_do_not_have_is_refused():
+    with pytest.raises(RenderError) as e:
+        render_rayservice(_config(api_keys_env="MY_KEYS"))
+    assert e.value.field == "api_keys_env" and "api_keys_secret" in str(e.value)

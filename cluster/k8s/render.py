@@ -35,6 +35,7 @@ __all__ = [
 
 API_VERSION = "ray.io/v1"
 SERVE_IMPORT_PATH = "serve_app.config:build_app"
+API_KEYS_ENV = "FLEETSERVE_API_KEYS"  # the env var every pod gets from kubernetes.api_keys_secret
 GPU_RESOURCE = "nvidia.com/gpu"
 _SHM_VOLUME = "dshm"
 _CACHE_VOLUME = "model-cache"
@@ -79,6 +80,8 @@ def serve_config_v2(config: AppConfig) -> str:
     """
     config = resolve_for_kubernetes(config)
     args = config.model_dump(mode="json", exclude_defaults=True, exclude={"kubernetes", "api_keys"})
+    if config.kubernetes.api_keys_secret is not None:
+        args["api_keys_env"] = API_KEYS_ENV  # set from the Secret in every pod (_api_keys_env)
     http: dict[str, Any] = {"host": "0.0.0.0", "port": config.http.port}  # reachable from the Service
     if config.http.request_timeout_s is not None:
         http["request_timeout_s"] = config.http.request_timeout_s
@@ -123,8 +126,12 @@ def _check_renderable(config: AppConfig) -> None:
         raise RenderError(
             "api_keys",
             "would be written in plain text into serveConfigV2; the manifest must hold no secrets. "
-            "Remove api_keys for Kubernetes and authenticate in front of the Serve service",
+            "Put the keys in a Secret and set kubernetes.api_keys_secret: {secret_name: ...}",
         )
+    if config.api_keys_env or config.api_keys_file:
+        field = "api_keys_env" if config.api_keys_env else "api_keys_file"
+        raise RenderError(field, "is not set in the rendered pods; set kubernetes.api_keys_secret and the pods "
+                          f"read the keys from that Secret (as ${API_KEYS_ENV})")
     kube = config.kubernetes
     for i, m in enumerate(config.models):
         if m.source.startswith(TINY_PREFIX):
@@ -175,7 +182,7 @@ def _head_group(config: AppConfig, *, instance: str) -> dict[str, Any]:
             {"name": "serve", "containerPort": config.http.port},
             {"name": "metrics", "containerPort": 8080},
         ],
-        "env": _serve_env(config),
+        "env": [*_api_keys_env(kube), *_serve_env(config)],  # the router replica may run on the head
         "resources": _resources(kube.head_cpus, kube.head_memory_gib, gpus=0),
         "volumeMounts": [{"name": _SHM_VOLUME, "mountPath": "/dev/shm"}],
     }
@@ -199,7 +206,8 @@ def _worker_group(config: AppConfig, layout: WorkerLayout, *, instance: str) -> 
         "name": "ray-worker",
         "image": kube.image,
         "imagePullPolicy": kube.image_pull_policy,
-        "env": [_hf_token_env(kube), {"name": "HF_HOME", "value": cache.mount_path}, *_serve_env(config)],
+        "env": [_hf_token_env(kube), *_api_keys_env(kube), {"name": "HF_HOME", "value": cache.mount_path},
+                *_serve_env(config)],
         "resources": _resources(
             layout.cpus_per_pod, layout.memory_gib_per_pod, gpus=layout.accelerators_per_pod if layout.on_gpu else 0
         ),
@@ -241,6 +249,13 @@ def _pod_spec(kube: KubernetesConfig, container: dict[str, Any], *, volumes: lis
 def _serve_env(config: AppConfig) -> list[dict[str, str]]:
     # Serve reads its mode from the environment of every Ray process: head and workers alike.
     return [{"name": k, "value": v} for k, v in sorted(fast_path_env(config).items())]
+
+
+def _api_keys_env(kube: KubernetesConfig) -> list[dict[str, Any]]:
+    if kube.api_keys_secret is None:
+        return []
+    ref = {"name": kube.api_keys_secret.secret_name, "key": kube.api_keys_secret.secret_key}
+    return [{"name": API_KEYS_ENV, "valueFrom": {"secretKeyRef": ref}}]
 
 
 def _hf_token_env(kube: KubernetesConfig) -> dict[str, Any]:

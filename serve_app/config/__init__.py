@@ -22,6 +22,7 @@ from serve_app.config._schema import (
     Placement,
     TelemetryConfig,
 )
+from serve_app.config._guard import DEFAULT_PUBLIC_ROUTES, KeyLimits, ModelLimits, RouteConfig
 from serve_app.config._sim import SimEngineConfig
 from serve_app.config._shape import ModelShape, resolve_local_dir, shape_of_source
 from serve_app.config._tiny import TINY_PREFIX, TINY_SPECS, models_home, tiny_model_dir
@@ -30,7 +31,7 @@ __all__ = [
     "AppConfig", "AutoscalingConfig", "HttpConfig", "ModelConfig", "Parallelism", "Placement", "TelemetryConfig",
     "ModelShape", "SimEngineConfig", "RESERVED_ENGINE_ARGS", "TINY_PREFIX", "TINY_SPECS", "CONFIG_ENV_VAR", "DEFAULT_CONFIG_PATH",
     "load_config", "parse_config", "resolve_local_dir", "shape_of_source", "models_home", "tiny_model_dir",
-    "KubernetesConfig", "LocalRayConfig",
+    "KubernetesConfig", "LocalRayConfig", "KeyLimits", "ModelLimits", "RouteConfig", "DEFAULT_PUBLIC_ROUTES",
     "app", "build_app",
 ]
 

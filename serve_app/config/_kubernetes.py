@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from serve_app.config._base import Frozen
 from serve_app.errors import FieldError
 
-__all__ = ["AcceleratorNodes", "HfTokenSecret", "KubernetesConfig", "ModelCache", "Toleration"]
+__all__ = ["AcceleratorNodes", "ApiKeysSecret", "HfTokenSecret", "KubernetesConfig", "ModelCache", "Toleration"]
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -84,6 +84,14 @@ class HfTokenSecret(Frozen):
     )
 
 
+class ApiKeysSecret(Frozen):
+    """The Secret holding the app's API keys; every pod reads it as an env var, the manifest never holds a key."""
+
+    secret_name: str = Field(..., pattern=_DNS_SUBDOMAIN, max_length=253, description="Secret name in the namespace.")
+    secret_key: str = Field("keys", pattern=r"^[-._a-zA-Z0-9]+$", max_length=253, description=(
+        "Key in the Secret whose value holds the API keys, comma or newline separated."))
+
+
 class ModelCache(Frozen):
     """Where downloaded weights persist between pod restarts (HF_HOME points here)."""
 
@@ -151,6 +159,9 @@ class KubernetesConfig(Frozen):
         description="Node selector and tolerations of GPU workers whose model sets no accelerator_type.",
     )
     hf_token: HfTokenSecret = Field(default_factory=HfTokenSecret, description="Secret with the Hugging Face token.")
+    api_keys_secret: ApiKeysSecret | None = Field(None, description=(
+        "Secret with the app's API keys (rendered as env FLEETSERVE_API_KEYS from a secretKeyRef in every pod, and "
+        "api_keys_env in the app's config). Without it the RayService serves without keys."))
     model_cache: ModelCache = Field(default_factory=ModelCache, description="Volume where weights are downloaded once.")
     head_shm_size_gib: float = Field(
         8.0, gt=0, description="Size in GiB of the head pod's memory-backed /dev/shm (Ray's object store)."

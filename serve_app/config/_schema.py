@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from serve_app.config._accelerators import Accelerators
 from serve_app.config._autoscaling import AutoscalingConfig
 from serve_app.config._base import Frozen
+from serve_app.config._guard import KeyLimits, ModelLimits, RouteConfig
 from serve_app.config._kubernetes import KubernetesConfig
 from serve_app.config._sim import SimEngineConfig
 from serve_app.config._shape import ModelShape, shape_of_source
@@ -122,6 +123,12 @@ class ModelConfig(Frozen):
     placement: Placement = Field(default_factory=Placement, description="Ray resources and packing of a replica.")
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Replica bounds.")
     max_ongoing_requests: int = Field(256, ge=1, description="Requests Serve sends to one replica at once; vLLM batches them.")
+    limits: ModelLimits = Field(default_factory=ModelLimits, description="Queue bounds: past them requests get a fast 503 with Retry-After.")
+    health_check_period_s: float = Field(2.0, gt=0, le=60, description=(
+        "How often Serve checks the replica's engine; a dead engine fails the check and the replica is replaced "
+        "(it answers retryable 503s meanwhile)."))
+    graceful_shutdown_timeout_s: float = Field(30.0, ge=0, description=(
+        "On scale-down or upgrade, how long a stopping replica may finish its in-flight requests before it is killed."))
     env: dict[str, str] = Field(default_factory=dict, description="Environment variables for the replica and its engine workers.")
 
     @field_validator("source")
@@ -207,6 +214,9 @@ class HttpConfig(Frozen):
         description="auto: with one model its replicas serve HTTP themselves (no extra hop); with several, "
         "a router deployment routes by `model`. router: always deploy the router.",
     )
+    max_request_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description=(
+        "Largest request body accepted; a larger one gets 413 before the engine sees it."))
+    routes: RouteConfig = Field(default_factory=RouteConfig, description="Which routes exist and which need no key.")
 
 
 class TelemetryConfig(Frozen):
@@ -235,7 +245,14 @@ class AppConfig(Frozen):
 
     name: str = Field("fleetserve", pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=63, description="Serve application name.")
     http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP listener.")
-    api_keys: tuple[SecretStr, ...] = Field((), description="Bearer tokens accepted; empty = no auth.")
+    api_keys: tuple[SecretStr, ...] = Field((), description=(
+        "Bearer tokens accepted inline. With any key source set, every route but `http.routes.public` needs one."))
+    api_keys_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description=(
+        "Name of an environment variable holding more keys (comma or newline separated), read by each replica at start."))
+    api_keys_file: str | None = Field(None, min_length=1, description=(
+        "File with more keys, one per line (a mounted Kubernetes Secret); re-read when it changes, so keys rotate "
+        "without a redeploy."))
+    key_limits: KeyLimits = Field(default_factory=KeyLimits, description="Per-API-key concurrency and rate limits.")
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, description="Tracing export.")
     models: tuple[ModelConfig, ...] = Field(..., min_length=1, description="Model deployments, routed by `model` name.")
     accelerators: Accelerators = Field((), description=(
@@ -246,6 +263,26 @@ class AppConfig(Frozen):
     local_ray: LocalRayConfig = Field(
         default_factory=LocalRayConfig, description="The Ray fleetserve starts itself when no cluster address is given."
     )
+
+    @property
+    def auth_enabled(self) -> bool:
+        """True when any API-key source is configured (then every non-public route needs a key)."""
+        return bool(self.api_keys or self.api_keys_env or self.api_keys_file)
+
+    @property
+    def direct_ingress(self) -> bool:
+        """True when the single model's replicas are the HTTP ingress (no router)."""
+        return len(self.models) == 1 and self.http.ingress == "auto"
+
+    @model_validator(mode="after")
+    def _guard_rules(self) -> "AppConfig":
+        if self.key_limits.active and not self.auth_enabled:
+            raise FieldError("key_limits", "per-key limits need API keys to tell callers apart; set api_keys, "
+                             "api_keys_env or api_keys_file, or remove key_limits")
+        if self.http.routes.vllm and not self.direct_ingress:
+            raise FieldError("http.routes.vllm", "vLLM's own routes carry no model name to route by; they can be exposed "
+                             "only with direct ingress (one model, http.ingress: auto)")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> "AppConfig":

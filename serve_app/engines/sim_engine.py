@@ -160,6 +160,10 @@ class SimEngine:
     def stats(self) -> EngineStats:
         return self._sched.stats()
 
+    def alive(self) -> bool:
+        """The simulator cannot die on its own."""
+        return True
+
     async def check_health(self) -> None:
         if self._sched._task.done():
             raise RuntimeError(f"simulator scheduler stopped: {self._sched._task.exception()!r}")

@@ -36,7 +36,6 @@ def build_vllm_args(
     model_dir: str,
     parallelism: Parallelism,
     executor: str,
-    api_keys: tuple[str, ...] = (),
     field_prefix: str = "models[?]",
 ) -> Namespace:
     """Return the Namespace `vllm serve` would parse for this deployment.
@@ -65,8 +64,8 @@ def build_vllm_args(
     args.distributed_executor_backend = executor
     if model_cfg.max_model_len:
         args.max_model_len = model_cfg.max_model_len
-    if api_keys:
-        args.api_key = list(api_keys)
+    # No args.api_key: vLLM guards only /v1/*; fleetserve's gate checks keys on every route.
+    args.disable_fastapi_docs = True  # /docs, /openapi.json: not part of the API (the gate refuses them too)
     try:
         validate_parsed_serve_args(args)
     except (TypeError, ValueError) as e:
@@ -154,6 +153,12 @@ def _stats_logger_factory(holder: _QueueStats):
     return QueueStatsLogger
 
 
+class _ServerStop:
+    """Stands in for the uvicorn server vLLM's error handler sets `should_exit` on."""
+
+    should_exit = False
+
+
 class VLLMEngine:
     """A started vLLM engine and the OpenAI app in front of it."""
 
@@ -188,11 +193,19 @@ class VLLMEngine:
         supported_tasks = await engine.get_supported_tasks()
         app = build_app(args, supported_tasks, engine.model_config)
         await init_app_state(engine, app.state, args, supported_tasks)
+        # vLLM's engine-error handler stops "the server" when the engine dies (it expects its own
+        # uvicorn in app.state.server; without one it raised AttributeError, a 500). Here the
+        # replica is the server: EngineGuard answers 503 and Serve's health check replaces it.
+        app.state.server = _ServerStop()
         return cls(engine, app, holder)
 
     def stats(self) -> EngineStats:
         """Return the latest scheduler signals."""
         return self._stats.snapshot()
+
+    def alive(self) -> bool:
+        """False once the engine core has died (cheap: a flag, no call into the engine)."""
+        return not self._engine.errored
 
     async def check_health(self) -> None:
         """Raise if the engine core is dead."""

@@ -12,9 +12,11 @@ from starlette.responses import JSONResponse
 __all__ = ["openai_error", "autoscaler_history"]
 
 
-def openai_error(status: int, message: str, *, err_type: str, param: str | None = None) -> JSONResponse:
+def openai_error(status: int, message: str, *, err_type: str, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> JSONResponse:
     """Return `{"error": {message, type, param, code}}` with HTTP `status`."""
-    return JSONResponse({"error": {"message": message, "type": err_type, "param": param, "code": status}}, status_code=status)
+    return JSONResponse({"error": {"message": message, "type": err_type, "param": param, "code": status}},
+                        status_code=status, headers=headers)
 
 
 async def autoscaler_history(request: Request) -> JSONResponse:

@@ -10,17 +10,19 @@ of known models are vLLM's. Errors it raises itself use the same OpenAI error sh
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from serve_app.ingress.gate import Gate, GateSpec, retry_after
+from serve_app.ingress.guard import RETRY_HEADER
 from serve_app.ingress.http import autoscaler_history, openai_error
 
 __all__ = ["Router"]
@@ -28,6 +30,13 @@ __all__ = ["Router"]
 log = logging.getLogger("ray.serve")
 
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection"}
+# Attempts per request when a replica dies or answers "retry elsewhere" before sending a byte.
+_ATTEMPTS = 4
+_RETRY_PAUSE_S = 0.25  # lets Serve's router see the dead replica before the next pick
+
+
+# POST routes the router forwards to the model named in the body.
+_FORWARDED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize")
 
 
 def _build_app(router: "Router") -> Starlette:
@@ -35,8 +44,6 @@ def _build_app(router: "Router") -> Starlette:
         return JSONResponse({"status": "ok", "models": sorted(router.handles)})
 
     async def models(request: Request) -> Response:
-        if (denied := router.authorize(request)) is not None:
-            return denied
         names = sorted(router.handles)
         results = await asyncio.gather(*(router.collect(n, "GET", "/v1/models", b"", request) for n in names))
         data = []
@@ -48,8 +55,6 @@ def _build_app(router: "Router") -> Starlette:
         return JSONResponse({"object": "list", "data": data})
 
     async def proxy(request: Request) -> Response:
-        if (denied := router.authorize(request)) is not None:
-            return denied
         body = await request.body()
         try:
             payload = json.loads(body)
@@ -67,70 +72,95 @@ def _build_app(router: "Router") -> Starlette:
             )
         return await router.stream(name, request, body)
 
-    async def autoscaler(request: Request) -> Response:
-        if (denied := router.authorize(request)) is not None:
-            return denied
-        return await autoscaler_history(request)
-
     return Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
-            Route("/-/autoscaler/{model}", autoscaler, methods=["GET"]),
+            Route("/-/autoscaler/{model}", autoscaler_history, methods=["GET"]),
             Route("/v1/models", models, methods=["GET"]),
-            Route("/v1/chat/completions", proxy, methods=["POST"]),
-            Route("/v1/completions", proxy, methods=["POST"]),
-        ]
+        ] + [Route(p, proxy, methods=["POST"]) for p in _FORWARDED]
     )
 
 
 @serve.ingress()
 class Router:
-    """Ingress deployment holding one handle per model deployment."""
+    """Ingress deployment holding one handle per model deployment, behind the gate."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle], api_keys: tuple[str, ...] = ()):
+    def __init__(self, handles: dict[str, DeploymentHandle], gate: GateSpec):
         self.handles = handles
-        self._api_keys = tuple(k.encode() for k in api_keys)
-        self._app = _build_app(self)
+        self._app = Gate(_build_app(self), gate)
 
     def __serve_build_asgi_app__(self):
         return self._app
-
-    def authorize(self, request: Request) -> Response | None:
-        """Return a 401 response unless auth is off or a configured bearer token is presented."""
-        if not self._api_keys:
-            return None
-        got = request.headers.get("authorization", "").removeprefix("Bearer ").encode()
-        if any(hmac.compare_digest(got, k) for k in self._api_keys):
-            return None
-        return openai_error(401, "missing or invalid API key (Authorization: Bearer <key>)", err_type="AuthenticationError")
 
     def _call(self, name: str, method: str, path: str, body: bytes, request: Request):
         headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in _HOP_HEADERS]
         return self.handles[name].options(stream=True).http.remote(method, path, request.url.query.encode(), headers, body)
 
+    async def _start(self, name: str, method: str, path: str, body: bytes, request: Request):
+        """Open the response of model `name`: (generator, status, headers), retrying elsewhere while nothing was sent.
+
+        A replica that died (actor error) or answered 503 with the retry header did no work the
+        client saw, so the request goes to another pick; Serve's handle stops picking a dead
+        replica once the controller notices. Raises the last error when every attempt failed.
+        """
+        last: Exception | tuple | None = None
+        for attempt in range(_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(_RETRY_PAUSE_S * attempt)
+            gen = self._call(name, method, path, body, request)
+            try:
+                _, status, headers = await gen.__anext__()
+            except BackPressureError:
+                raise
+            except Exception as e:  # replica or actor died before answering: retry on another
+                log.warning("fleetserve: %s attempt %d failed before any byte: %r", name, attempt + 1, e)
+                last = e
+                continue
+            if status == 503 and any(k.lower() == RETRY_HEADER for k, _ in headers) and attempt + 1 < _ATTEMPTS:
+                gen.cancel()
+                last = (status, headers)
+                continue
+            return gen, status, headers
+        if isinstance(last, Exception):
+            raise last
+        raise _Unavailable()
+
     async def collect(self, name: str, method: str, path: str, body: bytes, request: Request):
         """Run a request on model `name` and return (status, headers, whole body)."""
-        status, headers, chunks = 500, [], []
-        async for item in self._call(name, method, path, body, request):
-            if isinstance(item, tuple):
-                _, status, headers = item
-            else:
-                chunks.append(item)
+        try:
+            gen, status, headers = await self._start(name, method, path, body, request)
+        except Exception:
+            return 503, [], b""
+        chunks = [item async for item in gen]
         return status, headers, b"".join(chunks)
 
     async def stream(self, name: str, request: Request, body: bytes) -> Response:
         """Forward to model `name`, passing its status, headers and chunks through as they come."""
-        gen = self._call(name, request.method, request.url.path, body, request)
         try:
-            _, status, headers = await gen.__anext__()
-        except Exception as e:  # replica died, backpressure, engine dead: the client gets JSON, not a trace
+            gen, status, headers = await self._start(name, request.method, request.url.path, body, request)
+        except BackPressureError as e:
+            return openai_error(503, f"model `{name}` is at capacity; retry later", err_type="ServiceUnavailableError",
+                                param="model", headers=dict([retry_after(getattr(e, "retry_after_s", None) or 1)]))
+        except Exception as e:  # every attempt failed: the client gets JSON, not a trace
             log.warning("fleetserve: %s unavailable: %r", name, e)
-            return openai_error(503, f"model `{name}` is temporarily unavailable ({type(e).__name__}); retry",
-                                err_type="ServiceUnavailableError", param="model")
+            return openai_error(503, f"model `{name}` is temporarily unavailable; retry", err_type="ServiceUnavailableError",
+                                param="model", headers=dict([retry_after(1)]))
         headers = {k: v for k, v in headers if k.lower() not in _HOP_HEADERS}
+        sse = headers.get("content-type", "").startswith("text/event-stream")
 
         async def body_iter():
-            async for chunk in gen:
-                yield chunk
+            try:
+                async for chunk in gen:
+                    yield chunk
+            except Exception as e:  # the replica died mid-response: end the stream cleanly, never a silent cut
+                log.warning("fleetserve: %s failed mid-response: %r", name, e)
+                if sse:
+                    err = {"error": {"message": f"model `{name}` stopped mid-stream; retry the request",
+                                     "type": "ServiceUnavailableError", "param": None, "code": 503}}
+                    yield f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n".encode()
 
         return StreamingResponse(body_iter(), status_code=status, headers=headers)
+
+
+class _Unavailable(Exception):
+    """Every attempt was answered "retry elsewhere"."""
