@@ -19,7 +19,6 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
@@ -29,6 +28,7 @@ from starlette.routing import Route
 
 from serve_app.config._sim import SimEngineConfig
 from serve_app.engines.base import EngineStats
+from serve_app.engines.batching import BatchModel, Seq
 from serve_app.ingress.http import openai_error
 
 __all__ = ["SimEngine"]
@@ -46,73 +46,65 @@ class _Seq:
     out: asyncio.Queue = field(default_factory=asyncio.Queue)  # int token index, then None at the end
     arrival: float = field(default_factory=time.monotonic)
     generated: int = 0
-    cancelled: bool = False
+    cancelled: bool = False  # set by the stream when the client goes; the model drops it next step
+    step: Seq | None = None  # its entry in the batch model
 
 
 class _Scheduler:
-    """Continuous batching in simulated time, driven by real asyncio sleeps."""
+    """The pure batch model (serve_app.engines.batching), driven by real asyncio sleeps.
+
+    The replay (serve_app.autoscaling.des) drives the same BatchModel from an event queue; only the
+    clock differs.
+    """
 
     def __init__(self, cfg: SimEngineConfig):
         self.cfg = cfg
-        self.waiting: deque[_Seq] = deque()
-        self.running: list[_Seq] = []
-        self.kv_used = 0
+        self.model = BatchModel(cfg)
         self.ttft = 0.0
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     def submit(self, seq: _Seq) -> None:
-        self.waiting.append(seq)
+        seq.step = Seq(seq.prompt_tokens, seq.max_tokens, arrival_s=seq.arrival, tag=seq)
+        self.model.submit(seq.step)
         self._wake.set()
 
+    def cancel(self, seq: _Seq) -> None:
+        seq.cancelled = True
+        if seq.step is not None:
+            seq.step.cancelled = True
+
     def stats(self) -> EngineStats:
+        m = self.model
         return EngineStats(
-            waiting=len(self.waiting),
-            running=len(self.running),
-            waiting_prompt_tokens=sum(s.prompt_tokens for s in self.waiting),
-            kv_cache_usage=self.kv_used / self.cfg.kv_capacity_tokens,
+            waiting=len(m.waiting),
+            running=len(m.running),
+            waiting_prompt_tokens=m.waiting_tokens,
+            kv_cache_usage=m.kv_usage,
             recent_ttft_s=self.ttft,
         )
 
     async def _loop(self) -> None:
-        cfg = self.cfg
+        m = self.model
         while True:
-            if not self.waiting and not self.running:
+            if m.idle:
                 self._wake.clear()
                 await self._wake.wait()
-            admitted = []
-            while self.waiting and len(self.running) < cfg.max_num_seqs:
-                seq = self.waiting[0]
-                need = seq.prompt_tokens + seq.max_tokens
-                if self.kv_used + need > cfg.kv_capacity_tokens and self.running:
-                    break  # no KV room: wait for a sequence to finish
-                self.waiting.popleft()
-                if seq.cancelled:
-                    continue
-                self.kv_used += need
-                self.running.append(seq)
-                admitted.append(seq)
-            step = cfg.decode_step_base_s + cfg.decode_step_per_seq_s * max(0, len(self.running) - 1)
-            step += cfg.prefill_s_per_token * sum(s.prompt_tokens for s in admitted)
-            step += cfg.prefill_s_per_request * len(admitted)
-            await asyncio.sleep(step)
+            step_s, _ = m.start_step()
+            await asyncio.sleep(step_s)
             now = time.monotonic()
-            still = []
-            for seq in self.running:
+            batch = [s.tag for s in m.running.values()]  # everyone in this step gets a token
+            done = {id(s.tag) for s in m.finish(1)}
+            for seq in batch:
                 if seq.cancelled:
-                    self.kv_used -= seq.prompt_tokens + seq.max_tokens
                     continue
                 if seq.generated == 0:
                     t = now - seq.arrival
                     self.ttft = t if self.ttft == 0.0 else (1 - _TTFT_EWMA) * self.ttft + _TTFT_EWMA * t
                 seq.out.put_nowait(seq.generated)
                 seq.generated += 1
-                if seq.generated >= seq.max_tokens:
+                if id(seq) in done:
                     seq.out.put_nowait(None)
-                    self.kv_used -= seq.prompt_tokens + seq.max_tokens
-                else:
-                    still.append(seq)
-            self.running = still
 
 
 def _prompt_tokens(body: dict, chat: bool, chars_per_token: float) -> int | None:
@@ -218,7 +210,8 @@ class SimEngine:
             while await seq.out.get() is not None:
                 pass
         finally:
-            seq.cancelled = seq.generated < seq.max_tokens
+            if seq.generated < seq.max_tokens:
+                self._sched.cancel(seq)
         text = " tok" * max_tokens
         choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"} if chat
                   else {"index": 0, "text": text, "finish_reason": "length"})
@@ -239,4 +232,5 @@ class SimEngine:
                 yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
             yield "data: [DONE]\n\n"
         finally:
-            seq.cancelled = seq.generated < seq.max_tokens  # client gone: free its batch slot
+            if seq.generated < seq.max_tokens:  # client gone: free its batch slot
+                self._sched.cancel(seq)
