@@ -65,7 +65,7 @@ class Seq:
 class BatchModel:
     """One engine's scheduler: a waiting queue, a running batch, the KV tokens reserved."""
 
-    __slots__ = ("timing", "waiting", "running", "kv_used", "steps", "waiting_tokens", "_ends", "_admitted",
+    __slots__ = ("timing", "waiting", "running", "kv_used", "steps", "waiting_tokens", "_ends", "_admitted", "_cancelled",
                  "_base", "_per_seq", "_pre_tok", "_pre_req", "_max_seqs", "_kv_cap")
 
     def __init__(self, timing: StepTiming):
@@ -80,6 +80,7 @@ class BatchModel:
         self.waiting_tokens = 0  # prompt tokens of the waiting queue (a signal the policy reads)
         self._ends: list[tuple[int, int]] = []  # heap of (last step index, seq.key)
         self._admitted = 0
+        self._cancelled = 0  # running requests cancelled since the last step end
 
     # -- signals -------------------------------------------------------------------------------
     @property
@@ -150,12 +151,20 @@ class BatchModel:
                 self.kv_used -= seq.kv_tokens
                 done.append(seq)
         # A request cancelled mid-run leaves at the end of the step it was cancelled in.
-        if any(s.cancelled for s in self.running.values()):
+        if self._cancelled:
+            self._cancelled = 0
             for key, seq in list(self.running.items()):
                 if seq.cancelled:
                     del self.running[key]
                     self.kv_used -= seq.kv_tokens
         return done
+
+    def cancel(self, seq: Seq) -> None:
+        """Drop a request (its client went away): skipped if still waiting, freed at the next step end if running."""
+        if not seq.cancelled:
+            seq.cancelled = True
+            if seq.key in self.running:
+                self._cancelled += 1
 
     def tokens_of(self, seq: Seq) -> int:
         """Tokens a running request has received so far."""

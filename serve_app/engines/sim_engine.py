@@ -72,7 +72,7 @@ class _Scheduler:
     def cancel(self, seq: _Seq) -> None:
         seq.cancelled = True
         if seq.step is not None:
-            seq.step.cancelled = True
+            self.model.cancel(seq.step)
 
     def stats(self) -> EngineStats:
         m = self.model
