@@ -1,7 +1,8 @@
-"""`fleetserve autoscaler explain|replay`: read why the autoscaler did what it did, or would do.
+"""`fleetserve autoscaler explain|replay|tune`: why the autoscaler did what it did, what another policy would do.
 
-Thin shells over `fetch_records`, `audit.read_records`, `replay.replay` and `audit.format_table`,
-which tests call directly. Imports neither Ray nor vLLM.
+Thin shells over `fetch_records`, `audit.read_records`, `replay.replay`, `session`, `compare`,
+`report` and `tune`, which tests call directly. Imports neither Ray nor vLLM. The replay
+commands live in `_replay_cli.py` and register on this app.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from serve_app.autoscaling.audit import decision_record, format_table, read_reco
 
 __all__ = ["cli", "fetch_records", "load_records", "replay_records", "summarize"]
 
-cli = typer.Typer(no_args_is_help=True, help="Queue-depth autoscaler: explain its decisions, replay a trace against a policy.")
+cli = typer.Typer(no_args_is_help=True, help="Queue-depth autoscaler: explain its decisions, replay traffic against policies, tune one to an SLO.")
 
 HISTORY_PATH = "/-/autoscaler/{model}"
 
@@ -85,7 +86,7 @@ def summarize(records: list[dict[str, Any]]) -> str:
             f"replicas {min(targets)}..{max(targets)}, {replica_s:.0f} replica-seconds")
 
 
-def _echo(records: list[dict[str, Any]], *, as_json: bool, why: bool, changes_only: bool) -> None:
+def echo_records(records: list[dict[str, Any]], *, as_json: bool, why: bool, changes_only: bool) -> None:
     if as_json:
         for r in records:
             typer.echo(json.dumps(r, separators=(",", ":")))
@@ -115,30 +116,9 @@ def explain(
     except (OSError, ValueError, RuntimeError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e
-    _echo(records[-last:], as_json=as_json, why=why, changes_only=changes_only)
+    echo_records(records[-last:], as_json=as_json, why=why, changes_only=changes_only)
 
 
-@cli.command("replay")
-def replay_cmd(
-    trace: Path = typer.Argument(..., help="Trace file: JSON list or JSONL of points with t_s and load (see replay.py)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config YAML; default $FLEETSERVE_CONFIG or the embedded one."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model whose policy to replay; needed when the config has several."),
-    startup_s: float = typer.Option(60.0, "--startup-s", min=0, help="Seconds from asking for a replica to it serving."),
-    tick_s: Optional[float] = typer.Option(None, "--tick-s", min=0.001, help="Decision interval; default the policy's policy_interval_s."),
-    slots_per_replica: Optional[int] = typer.Option(
-        None, "--slots-per-replica", min=1,
-        help="Requests one replica runs at once; spreads the trace's in-flight work over the simulated replicas."),
-    show_all: bool = typer.Option(False, "--all", help="Show holds too, not only changes and clamps."),
-    why: bool = typer.Option(False, "--why", help="Show each clamp's reason under its row."),
-    as_json: bool = typer.Option(False, "--json", help="Print every decision record as JSONL."),
-) -> None:
-    """Replay a load trace against a policy from the config and print the decisions it would take."""
-    from serve_app.errors import ConfigError
 
-    try:
-        records = replay_records(trace, config, model, startup_s=startup_s, tick_s=tick_s,
-                                 slots_per_replica=slots_per_replica)
-    except (ConfigError, KeyError, ValueError) as e:
-        typer.echo(f"error: {e.args[0] if isinstance(e, KeyError) else e}", err=True)
-        raise typer.Exit(1) from e
-    _echo(records, as_json=as_json, why=why, changes_only=not show_all)
+
+from serve_app.autoscaling import _replay_cli  # noqa: E402,F401  (registers replay and tune on `cli`)

@@ -25,7 +25,7 @@ from serve_app.autoscaling.policy import Decision, Observation, PolicyState, dec
 from serve_app.config import AutoscalingConfig
 from serve_app.errors import ConfigError
 
-__all__ = ["TracePoint", "load_trace", "parse_trace", "replay"]
+__all__ = ["TracePoint", "load_trace", "parse_trace", "replay", "observations_from_records", "rerun"]
 
 
 class TracePoint(BaseModel):
@@ -164,3 +164,32 @@ def _observe(
         **common, waiting_requests=waiting, running_requests=running,
         waiting_tokens=waiting * tokens_per_waiting, kv_usage=running / (ready * slots),
     )
+
+
+def observations_from_records(records: Sequence[dict[str, Any]]) -> list[Observation]:
+    """Rebuild what the live policy saw from its audit records (`inputs` and `time_s` of each)."""
+    out = []
+    for i, rec in enumerate(records):
+        try:
+            out.append(Observation(now_s=rec["time_s"], **rec["inputs"]))
+        except (KeyError, TypeError, ValidationError) as e:
+            raise ConfigError([(f"records[{i}]", f"not a decision record with inputs: {e}")], source="audit trail") from e
+    return out
+
+
+def rerun(observations: Sequence[Observation], policy: AutoscalingConfig) -> list[Decision]:
+    """Counterfactual replay: run `policy` over recorded observations, open loop.
+
+    The observations stay as recorded (the fleet the live policy produced), so this answers "what
+    would this policy have decided on what the live one saw", not "what would the load have done
+    under it": for that, replay the request trace.
+    """
+    state = PolicyState()
+    out = []
+    for obs in observations:
+        if not due(state, obs.now_s, policy):
+            continue
+        d = decide(obs, state, policy)
+        state = d.state
+        out.append(d)
+    return out
