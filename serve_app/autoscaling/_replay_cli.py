@@ -26,8 +26,11 @@ def trace_kind(spec: str) -> str:
     """Return "requests", "records" or "points" for a trace file (or "requests" for a gen: spec)."""
     if spec.startswith("gen:"):
         return "requests"
+    p = Path(spec).expanduser()
+    if not p.exists():
+        raise ConfigError([("", f"trace file {p} does not exist; give a file or gen:KIND,duration_s=...")], source=spec)
     try:
-        with open(Path(spec).expanduser()) as f:
+        with open(p) as f:
             head = f.read(4096)
     except OSError as e:
         raise ConfigError([("", f"cannot read trace: {e}")], source=spec) from e
@@ -65,6 +68,7 @@ def replay_requests(trace: str, config: Path | None, model: str | None, *, polic
                      request_timeout_s=request_timeout_s)
     req = load_requests(trace, columns=_columns(columns), fmt=fmt).for_model(s.model.name if _named(trace) else None)
     runs = [runner_for(f"active ({s.policy.policy})", s.policy)]
+    runs += [runner_for(f"shadow {n}", s.policy.shadow(n)) for n in s.policy.shadow_policies]  # shadows replay too
     runs += [policy_from_file(p, s.policy) for p in policies]
     runs += [serve_default_policy(spec, s.policy) for spec in serve_defaults]
     goal = Slo.parse(slo, attainment=attainment) if slo else None
@@ -93,10 +97,24 @@ def rerun_records(path: Path, config: Path | None, model: str | None, policies: 
     records = load_records(path, model=s.model.name) or load_records(path)
     obs = observations_from_records(records)
     out = [("recorded", records)]
-    runs = [("active", s.policy)] + [(p.stem, policy_from_file(p, s.policy).config) for p in policies]
+    # What each shadow answered live, as records with its target (its clamps are names only).
+    names = sorted({sh["name"] for r in records for sh in r.get("shadows", ())})
+    for name in names:
+        recs = [{**r, "target_replicas": sh["target_replicas"],
+                 "direction": _direction(r["previous_replicas"], sh["target_replicas"])}
+                for r in records for sh in r.get("shadows", ()) if sh["name"] == name]
+        out.append((f"shadow {name} (recorded)", recs))
+    runs = [("active", s.policy)] + [(f"shadow {n}", s.policy.shadow(n)) for n in s.policy.shadow_policies]
+    runs += [(p.stem, policy_from_file(p, s.policy).config) for p in policies]
     for name, cfg in runs:
+        if cfg.policy == "serve_default":
+            continue  # Serve's policy has no Decision to record; its recorded shadow answers are above
         out.append((name, [decision_record(d, model=s.model.name) for d in rerun(obs, cfg)]))
     return out
+
+
+def _direction(before: int, after: int) -> str:
+    return "up" if after > before else "down" if after < before else "hold"
 
 
 @cli.command("replay")

@@ -20,10 +20,13 @@ EVENT = "fleetserve.autoscaler.decision"
 _log = logging.getLogger("fleetserve.autoscaler")
 
 
-def decision_record(decision: Decision, *, model: str) -> dict[str, Any]:
-    """Return the JSON-able record of one decision: time, inputs, raw wish, clamps in order, result."""
+def decision_record(decision: Decision, *, model: str, shadows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Return the JSON-able record of one decision: time, inputs, raw wish, clamps in order, result.
+
+    `shadows`: what each shadow policy decided on the same inputs (serve_app.autoscaling.shadows).
+    """
     obs = decision.observation
-    return {
+    rec = {
         "event": EVENT,
         "model": model,
         "time_s": obs.now_s,
@@ -40,6 +43,9 @@ def decision_record(decision: Decision, *, model: str) -> dict[str, Any]:
         "target_replicas": decision.target_replicas,
         "direction": decision.direction,
     }
+    if shadows:
+        rec["shadows"] = shadows
+    return rec
 
 
 class AuditLog:
@@ -64,9 +70,9 @@ class AuditLog:
         self._on_record = on_record
         self._last_reasons: tuple | None = None
 
-    def record(self, decision: Decision) -> dict[str, Any]:
-        """Keep, log and publish one decision; return its record."""
-        rec = decision_record(decision, model=self.model)
+    def record(self, decision: Decision, *, shadows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Keep, log and publish one decision (with its shadows' answers); return its record."""
+        rec = decision_record(decision, model=self.model, shadows=shadows)
         self.add(rec)
         # INFO when the target moves or the reasons change; a hold for the same reasons as the
         # last decision goes to DEBUG, so INFO reads as a story even under a long overload.

@@ -34,6 +34,7 @@ import ray
 
 from serve_app.autoscaling.audit import AuditLog
 from serve_app.autoscaling.policy import Observation, PolicyState, decide, due
+from serve_app.autoscaling.shadows import evaluate as evaluate_shadows
 from serve_app.config import AutoscalingConfig
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ __all__ = [
 
 POLICY_IMPORT_PATH = "serve_app.autoscaling.serve_adapter:QueueDepthPolicy"
 STATE_KEY = "fleetserve"  # our typed state, serialized, inside Serve's policy_state dict
+SHADOW_STATE_KEY = "fleetserve_shadows"  # each shadow policy's state, by name
 AUDIT_ACTOR_NAME = "fleetserve-autoscaler-audit"
 AUDIT_NAMESPACE = "fleetserve"
 
@@ -170,7 +172,10 @@ class QueueDepthPolicy:
         if not due(state, obs.now_s, self.config):
             return int(ctx.target_num_replicas), policy_state  # between decisions: keep the target
         decision = decide(obs, state, self.config)
-        self.audit.record(decision)
+        shadows = None
+        if self.config.shadow_policies:  # same observation, recorded only: never the target
+            shadows, policy_state[SHADOW_STATE_KEY] = evaluate_shadows(obs, self.config, policy_state.get(SHADOW_STATE_KEY))
+        self.audit.record(decision, shadows=shadows)
         policy_state[STATE_KEY] = decision.state.to_dict()
         return decision.target_replicas, policy_state
 

@@ -6,9 +6,9 @@ knobs, so one YAML file tunes it. Every time is in seconds (`_s`), every percent
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from serve_app.config._base import Frozen
 from serve_app.errors import FieldError
@@ -117,6 +117,14 @@ class AutoscalingConfig(Frozen):
         "times the target: scale at once, skipping the upscale window and cooldown, still step-capped.",
     )
 
+    # -- shadows ----------------------------------------------------------------------------
+    shadow_policies: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Candidate policies evaluated live beside this one on the same observations and recorded "
+        "in the audit trail as `shadows` (no effect on scaling): name -> fields that differ from this block, "
+        "e.g. {eager: {target_queue_per_replica: 1}}. `autoscaler replay` replays them too.",
+    )
+
     # -- audit ------------------------------------------------------------------------------
     history_size: int = Field(
         512, ge=1, le=100_000, description="Decisions kept in memory for `fleetserve autoscaler explain`."
@@ -155,7 +163,24 @@ class AutoscalingConfig(Frozen):
                 f"({self.metrics_push_interval_s}) so each window holds a pushed sample; raise it to at "
                 f"least {2 * self.metrics_push_interval_s:g}",
             )
+        for name, overrides in self.shadow_policies.items():
+            if "shadow_policies" in overrides:
+                raise FieldError(f"shadow_policies.{name}", "a shadow has no shadows of its own; remove its shadow_policies")
+            self.shadow(name)  # a shadow that would not validate fails the config, not the live loop
         return self
+
+    def shadow(self, name: str) -> "AutoscalingConfig":
+        """Return shadow `name` as a whole config: this block with its overrides (KeyError if unknown)."""
+        overrides = self.shadow_policies[name]
+        base = self.model_dump(exclude={"shadow_policies"}, exclude_unset=True)
+        if "policy" in overrides and overrides["policy"] != self.policy:
+            base.pop("serve_target_ongoing_requests", None)
+        try:
+            return AutoscalingConfig.model_validate({**base, **overrides})
+        except ValidationError as e:
+            err = e.errors(include_url=False)[0]
+            loc = ".".join(str(x) for x in err["loc"])
+            raise FieldError(f"shadow_policies.{name}" + (f".{loc}" if loc else ""), err["msg"]) from None
 
     @property
     def start_replicas(self) -> int:
