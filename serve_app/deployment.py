@@ -66,7 +66,7 @@ class ModelServer:
         self._engine = await _start_engine(spec)
         engine = self._engine
         self._app = EngineGuard(engine.asgi_app, model=spec.model.name, alive=engine.alive,
-                                waiting_prompt_tokens=lambda: engine.stats().waiting_prompt_tokens,
+                                waiting_prompt_tokens=lambda: engine.stats().waiting_tokens,
                                 limits=spec.model.limits)
         log.info("fleetserve: %s ready (tp=%d pp=%d ep=%d executor=%s)", spec.model.name,
                  spec.parallelism.tensor, spec.parallelism.pipeline, spec.parallelism.expert, spec.executor)

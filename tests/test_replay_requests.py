@@ -246,8 +246,8 @@ def test_shadows_decide_on_the_same_observation_and_keep_their_own_state():
     cfg = AutoscalingConfig.model_validate(cfg.model_dump())
     obs = Observation(now_s=1, current_replicas=1, target_replicas=1, waiting_requests=8, running_requests=4)
     recs, states = evaluate(obs, cfg, None)
-    assert [r["name"] for r in recs] == ["eager", "serve"] and set(states) == {"eager", "serve"}
-    assert recs[1]["target_replicas"] == 6 and recs[0]["target_replicas"] > 1  # Serve: 12 ongoing / 2 per replica
+    assert [r.name for r in recs] == ["eager", "serve"] and set(states) == {"eager", "serve"}
+    assert recs[1].target_replicas == 6 and recs[0].target_replicas > 1  # Serve: 12 ongoing / 2 per replica
     json.dumps(states)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import typer
 
-from serve_app.autoscaling.audit import EVENT, decision_record
+from serve_app.autoscaling.audit import EVENT, DecisionRecord, decision_record
 from serve_app.autoscaling.cli import cli, echo_records, replay_records, summarize
 from serve_app.errors import ConfigError
 
@@ -87,7 +87,8 @@ def _named(trace: str) -> bool:
     return not trace.startswith("gen:")
 
 
-def rerun_records(path: Path, config: Path | None, model: str | None, policies: list[Path] = ()) -> list[tuple[str, list[dict[str, Any]]]]:  # type: ignore[assignment]
+def rerun_records(path: Path, config: Path | None, model: str | None,
+                  policies: list[Path] = ()) -> list[tuple[str, list[DecisionRecord]]]:  # type: ignore[assignment]
     """Counterfactual replay of an audit trail: (policy name, its decision records) for the model's policy and each file."""
     from serve_app.autoscaling.cli import load_records
     from serve_app.autoscaling.replay import observations_from_records, rerun
@@ -98,11 +99,11 @@ def rerun_records(path: Path, config: Path | None, model: str | None, policies: 
     obs = observations_from_records(records)
     out = [("recorded", records)]
     # What each shadow answered live, as records with its target (its clamps are names only).
-    names = sorted({sh["name"] for r in records for sh in r.get("shadows", ())})
+    names = sorted({sh.name for r in records for sh in r.shadows})
     for name in names:
-        recs = [{**r, "target_replicas": sh["target_replicas"],
-                 "direction": _direction(r["previous_replicas"], sh["target_replicas"])}
-                for r in records for sh in r.get("shadows", ()) if sh["name"] == name]
+        recs = [r.model_copy(update={"target_replicas": sh.target_replicas, "shadows": (),
+                                     "direction": _direction(r.previous_replicas, sh.target_replicas)})
+                for r in records for sh in r.shadows if sh.name == name]
         out.append((f"shadow {name} (recorded)", recs))
     runs = [("active", s.policy)] + [(f"shadow {n}", s.policy.shadow(n)) for n in s.policy.shadow_policies]
     runs += [(p.stem, policy_from_file(p, s.policy).config) for p in policies]
@@ -152,7 +153,7 @@ def replay_cmd(
             for name, recs in rerun_records(Path(trace), config, model, policy):
                 if as_json:
                     for r in recs:
-                        typer.echo(json.dumps({"policy": name, **r}, separators=(",", ":")))
+                        typer.echo(json.dumps({"policy": name, **r.to_json_dict()}, separators=(",", ":")))
                 else:
                     typer.echo(f"== {name}: {summarize(recs)}")
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from serve_app.autoscaling.audit import ShadowDecision
 from serve_app.autoscaling.policy import Observation, PolicyState, decide
 from serve_app.autoscaling.serve_default import ServeDefaultState, serve_default_decide
 from serve_app.config import AutoscalingConfig
@@ -18,7 +19,8 @@ from serve_app.config import AutoscalingConfig
 __all__ = ["evaluate"]
 
 
-def evaluate(obs: Observation, cfg: AutoscalingConfig, states: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def evaluate(obs: Observation, cfg: AutoscalingConfig,
+             states: dict[str, Any] | None) -> tuple[tuple[ShadowDecision, ...], dict[str, Any]]:
     """Decide every shadow of `cfg` on `obs`; return their records (for the audit) and their new states."""
     states = dict(states or {})
     out = []
@@ -28,10 +30,10 @@ def evaluate(obs: Observation, cfg: AutoscalingConfig, states: dict[str, Any] | 
             st = ServeDefaultState(**(states.get(name) or {}))
             n, st = serve_default_decide(obs, st, shadow)
             states[name] = {"decision_counter": st.decision_counter, "decision_timestamp": st.decision_timestamp}
-            out.append({"name": name, "policy": shadow.policy, "target_replicas": n, "raw_desired": None, "clamps": []})
+            out.append(ShadowDecision(name=name, policy=shadow.policy, target_replicas=n))
             continue
         d = decide(obs, PolicyState.from_dict(states.get(name)), shadow)
         states[name] = d.state.to_dict()
-        out.append({"name": name, "policy": shadow.policy, "target_replicas": d.target_replicas,
-                    "raw_desired": d.raw_desired, "mode": d.mode, "clamps": [c.name for c in d.clamps]})
-    return out, states
+        out.append(ShadowDecision(name=name, policy=shadow.policy, target_replicas=d.target_replicas,
+                                  raw_desired=d.raw_desired, mode=d.mode, clamps=tuple(c.name for c in d.clamps)))
+    return tuple(out), states

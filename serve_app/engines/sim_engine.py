@@ -77,11 +77,11 @@ class _Scheduler:
     def stats(self) -> EngineStats:
         m = self.model
         return EngineStats(
-            waiting=len(m.waiting),
-            running=len(m.running),
-            waiting_prompt_tokens=m.waiting_tokens,
-            kv_cache_usage=m.kv_usage,
-            recent_ttft_s=self.ttft,
+            waiting_requests=len(m.waiting),
+            running_requests=len(m.running),
+            waiting_tokens=m.waiting_tokens,
+            kv_usage=m.kv_usage,
+            ttft_s=self.ttft,
         )
 
     async def _loop(self) -> None:
