@@ -39,20 +39,6 @@ def _config(engine: str, port: int, max_ongoing: int) -> dict:
     return {"name": "burst", "http": {"port": port}, "models": [model]}
 
 
-def measured_startups(samples: list[tuple[float, int, int, int]]) -> list[float]:
-    """Seconds from each target increase to the matching replica reaching RUNNING."""
-    asks: list[float] = []
-    out: list[float] = []
-    prev_target, prev_running = samples[0][1], samples[0][3]
-    for t, target, _held, running in samples[1:]:
-        asks += [t] * max(0, target - prev_target)
-        for _ in range(max(0, running - prev_running)):
-            if asks:
-                out.append(round(t - asks.pop(0), 2))
-        prev_target, prev_running = target, running
-    return out
-
-
 def live_run(engine: str, out: Path, max_ongoing: int, settle_s: float) -> dict:
     """Deploy, run the spike, return the run's files and the replica samples."""
     import ray
@@ -104,6 +90,7 @@ def compare_replay(out: Path, live: dict, *, cold_start: str = "measured") -> di
     """Replay the live run's requests.jsonl with the same config; return the fidelity figures."""
     from serve_app.autoscaling.compare import percentile, summarize
     from serve_app.autoscaling.des import run_replay
+    from serve_app.autoscaling.fidelity import agreement, measured_startups
     from serve_app.autoscaling.runners import runner_for
     from serve_app.autoscaling.session import open_session
     from serve_app.autoscaling.traces import read_trace
@@ -112,36 +99,25 @@ def compare_replay(out: Path, live: dict, *, cold_start: str = "measured") -> di
 
     cfg = parse_config(json.loads((out / "deploy.json").read_text()))
     (out / "deploy.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_defaults=True)))
-    startups = measured_startups(live["samples"])
+    startups = measured_startups([(t, target, running) for t, target, _held, running in live["samples"]])
     s = open_session(out / "deploy.yaml", MODEL, cold_start_samples=startups if cold_start == "measured" else ())
     recs = [json.loads(line) for line in (out / "live" / "requests.jsonl").read_text().splitlines() if line.strip()]
-    first_start = min(r["start_unix_s"] for r in recs)
     trace = read_trace(out / "live" / "requests.jsonl")
     r = run_replay(trace, runner_for("replay", s.policy), s.setup)
-    offset = first_start - live["t0"]  # replay t=0 is the first request's send time
-    rep = [(t + offset, nrun) for t, _q, _w, _r, nrun, _st, _tgt in r.timeline]
-    last_end = max(r_["start_unix_s"] + r_["e2e_ms"] / 1e3 for r_ in recs) - live["t0"]
-    pairs = []
-    j = 0
-    for t_abs, _target, _held, running in live["samples"]:
-        t = t_abs - live["t0"]
-        if t < offset or t > last_end:
-            continue
-        while j + 1 < len(rep) and rep[j + 1][0] <= t:
-            j += 1
-        pairs.append((round(t, 2), running, rep[j][1]))
-    within = sum(abs(a - b) <= 1 for _, a, b in pairs) / max(1, len(pairs))
-    exact = sum(a == b for _, a, b in pairs) / max(1, len(pairs))
+    offset = min(x["start_unix_s"] for x in recs) - live["t0"]  # replay t=0 is the first request's send time
+    last_end = max(x["start_unix_s"] + x["e2e_ms"] / 1e3 for x in recs) - live["t0"]
+    ag = agreement([(t - live["t0"], running) for t, _tg, _h, running in live["samples"]], r,
+                   offset_s=offset, until_s=last_end)
     ttft = sorted(x for x in r.ttft_s if x == x)
     p95 = percentile(ttft, 95) * 1e3
     p50 = percentile(ttft, 50) * 1e3
     return {"cold_start": cold_start, "measured_startups_s": startups, "latency_model": s.setup.latency.describe(),
-            "samples_compared": len(pairs), "within_one_replica": round(within, 3), "exact": round(exact, 3),
-            "live_peak": max(a for _, a, _ in pairs), "replay_peak": max(b for _, _, b in pairs),
+            "samples_compared": ag.samples, "within_one_replica": round(ag.within_one, 3), "exact": round(ag.exact, 3),
+            "live_peak": ag.live_peak, "replay_peak": ag.replay_peak,
             "live_ttft_p50_ms": live["ttft_p50_ms"], "replay_ttft_p50_ms": round(p50, 1),
             "live_ttft_p95_ms": live["ttft_p95_ms"], "replay_ttft_p95_ms": round(p95, 1),
             "ttft_p95_error": round(p95 / live["ttft_p95_ms"] - 1, 3), "requests": len(recs),
-            "replay": summarize(r), "timeline": pairs}
+            "replay": summarize(r), "timeline": ag.pairs}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -293,3 +293,14 @@ def test_cli_tune_prints_a_frontier_and_the_yaml_block(deploy, tmp_path):
     assert "frontier" in out.output and "serve_default" in out.output and "autoscaling:" in out.output
     assert AutoscalingConfig.model_validate(yaml.safe_load((tmp_path / "t" / "autoscaling.yaml").read_text())["autoscaling"])
     assert math.isfinite(json.loads((tmp_path / "t" / "tune.json").read_text())["queue_depth"]["best"]["gpu_hours"])
+
+
+def test_startups_are_measured_from_target_increases_to_running_replicas():
+    from serve_app.autoscaling.fidelity import agreement, measured_startups
+
+    samples = [(0.0, 1, 1), (1.0, 3, 1), (3.5, 3, 2), (4.0, 3, 3), (9.0, 4, 3), (10.0, 4, 4)]
+    assert measured_startups(samples) == [2.5, 3.0, 1.0]
+    tr = RequestTrace.from_rows([(0.0, 10, 5)])
+    r = run_replay(tr, QueueDepthRunner("q", POLICY), _setup(tail_s=3))
+    ag = agreement([(t, 1) for t in (0.5, 1.0, 2.0, 50.0)], r, offset_s=0.0, until_s=10.0)
+    assert ag.samples == 3 and ag.within_one == 1.0 and ag.exact == 1.0
