@@ -91,13 +91,12 @@ def tune(trace: RequestTrace, base: AutoscalingConfig, setup: ReplaySetup, slo: 
         s = summarize(r, slo)
         trial = Trial(t.number, cfg, r.gpu_hours, s["slo_attainment"], s["ttft_ms"]["p95"], bool(s["slo_met"]), s)
         done.append(trial)
-        t.set_user_attr("violation", slo.attainment - trial.attainment)
+        t.set_constraint("slo", slo.attainment - trial.attainment)  # <= 0: feasible
         if progress:
             progress(len(done), trial)
         return r.gpu_hours
 
-    sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=lambda t: (t.user_attrs["violation"],),
-                                         n_startup_trials=min(15, max(5, trials // 4)))
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(15, max(5, trials // 4)))
     study = optuna.create_study(direction="minimize", sampler=sampler)
     study.optimize(objective, n_trials=trials)
     feasible = [t for t in done if t.feasible]
