@@ -35,7 +35,8 @@ def _config(engine: str, port: int, max_ongoing: int) -> dict:
     if engine == "sim":
         model["sim"] = _SIM
     else:
-        model["engine_args"] = {"max_num_seqs": 4}
+        # The default config's engine args with the simulated replica's batch of 4.
+        model["engine_args"] = {"dtype": "bfloat16", "enforce_eager": True, "max_num_seqs": 4}
     return {"name": "burst", "http": {"port": port}, "models": [model]}
 
 

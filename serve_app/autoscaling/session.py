@@ -52,6 +52,8 @@ def latency_for(m: ModelConfig, spec: str | None) -> LatencyModel:
     """Resolve --latency: sim (default: the model's sim block), roofline:MODEL@ACCEL[,tp=N,pp=N,ep=N], fit:results.json."""
     gpus = 1 if m.parallelism == "auto" else m.parallelism.world_size
     sim = from_sim(m.sim, gpus_per_replica=gpus, calibrated=m.sim == type(m.sim)())
+    if m.engine == "vllm" and "max_num_seqs" in m.engine_args:  # the batch the real engine runs
+        sim = sim.with_(max_num_seqs=int(m.engine_args["max_num_seqs"]))
     if spec is None or spec == "sim":
         return sim
     kind, _, rest = spec.partition(":")

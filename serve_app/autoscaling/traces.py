@@ -234,8 +234,9 @@ GENERATORS = ("poisson", "diurnal", "ramp", "bursty")
 
 
 def generate(kind: str, *, duration_s: float, seed: int = 0, prompt_tokens: int = 512, output_tokens: int = 128,
-             length_jitter: float = 0.5, **params: float) -> RequestTrace:
-    """Draw a seeded trace; token counts are uniform in mean * (1 ± length_jitter)."""
+             length_jitter: float = 0.5, length_sigma: float = 0.0, **params: float) -> RequestTrace:
+    """Draw a seeded trace; token counts are uniform in mean * (1 ± length_jitter), or lognormal with
+    that mean and `length_sigma` when it is > 0 (heavy-tailed, as chat prompts are)."""
     if duration_s <= 0:
         raise ConfigError([("duration_s", f"{duration_s} must be > 0")], source=f"generator {kind}")
     rate, peak = _rate_fn(kind, {**params, "duration_s": params.get("duration_s", duration_s)})
@@ -255,6 +256,9 @@ def generate(kind: str, *, duration_s: float, seed: int = 0, prompt_tokens: int 
     j = max(0.0, min(1.0, length_jitter))
 
     def lengths(mean: int, lo: int) -> tuple[int, ...]:
+        if length_sigma > 0:
+            mu = math.log(mean) - length_sigma ** 2 / 2  # E[lognormal] = mean
+            return tuple(max(lo, int(rng.lognormvariate(mu, length_sigma))) for _ in range(n))
         return tuple(max(lo, int(mean * (1 - j + 2 * j * uni()))) for _ in range(n))
 
     prompts, outputs = lengths(prompt_tokens, 1), lengths(output_tokens, 1)

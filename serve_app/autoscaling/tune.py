@@ -54,7 +54,10 @@ class TuneResult:
 
 
 def search_space(trial: Any, kind: Kind, base: AutoscalingConfig, max_ongoing: int) -> dict[str, Any]:
-    """Suggest one candidate's settings (the fields tuned; the bounds' maximum and the metric windows stay)."""
+    """Suggest one candidate's settings (the fields tuned; the bounds' maximum and the metric windows stay).
+
+    The queue-depth space includes its signal: waiting requests or waiting prompt tokens.
+    """
     hi_min = max(base.min_replicas, min(base.max_replicas, max(1, base.max_replicas // 2)))
     p: dict[str, Any] = {"min_replicas": trial.suggest_int("min_replicas", base.min_replicas, hi_min)}
     if kind == "serve_default":
@@ -62,7 +65,9 @@ def search_space(trial: Any, kind: Kind, base: AutoscalingConfig, max_ongoing: i
         p["upscale_stabilization_s"] = trial.suggest_float("upscale_stabilization_s", 0.0, 60.0)
         p["downscale_stabilization_s"] = trial.suggest_float("downscale_stabilization_s", 5.0, 900.0, log=True)
         return p
+    p["metric"] = trial.suggest_categorical("metric", ["requests", "tokens"])
     p["target_queue_per_replica"] = trial.suggest_float("target_queue_per_replica", 0.25, 64.0, log=True)
+    p["target_waiting_tokens_per_replica"] = trial.suggest_int("target_waiting_tokens_per_replica", 256, 262144, log=True)
     p["upscale_stabilization_s"] = trial.suggest_float("upscale_stabilization_s", 0.0, 60.0)
     p["downscale_stabilization_s"] = trial.suggest_float("downscale_stabilization_s", 5.0, 900.0, log=True)
     p["upscale_cooldown_s"] = trial.suggest_float("upscale_cooldown_s", 0.0, 60.0)
