@@ -355,7 +355,7 @@ class _Sim:
             waiting += len(m.waiting)
             running += len(m.running)
             tokens += m.waiting_tokens
-            kv += m.kv_used / m._kv_cap
+            kv += m.kv_usage
         nrun = len(self.running)
         queued = len(self.queue)
         self.peak_queue = max(self.peak_queue, queued + waiting)
