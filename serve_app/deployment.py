@@ -67,7 +67,10 @@ class ModelServer:
         engine = self._engine
         self._app = EngineGuard(engine.asgi_app, model=spec.model.name, alive=engine.alive,
                                 waiting_prompt_tokens=lambda: engine.stats().waiting_prompt_tokens,
-                                limits=spec.model.limits)
+                                limits=spec.model.limits,
+                                # Serve's next health check flips the replica's /-/healthz; HAProxy then
+                                # needs one check at 1 s and a second at its 250 ms fastinter to mark it down.
+                                dead_hold_s=spec.model.health_check_period_s + 1.5)
         log.info("fleetserve: %s ready (tp=%d pp=%d ep=%d executor=%s)", spec.model.name,
                  spec.parallelism.tensor, spec.parallelism.pipeline, spec.parallelism.expert, spec.executor)
 
