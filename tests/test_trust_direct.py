@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from conftest import wait_until
 from trust_helpers import (FILE_KEY, HOSTILE_HEADERS, HOSTILE_PATHS, KEY, counts, engine_core_of, fault_summary,
-                           haproxy_retries, hostile_chat_body, live_app, locust_fault_load, model, read_log,
+                           hostile_chat_body, live_app, locust_fault_load, model, read_log,
                            replica_processes, running_replicas, vllm_routes)
 
 pytestmark = pytest.mark.slow
@@ -106,7 +106,6 @@ def _recovered_at(since: float) -> float:
 
 def test_engine_death_then_replica_death_under_locust_load_lose_no_plain_request(app, tmp_path):
     log = tmp_path / "requests.jsonl"
-    before = haproxy_retries()
     with locust_fault_load(app, model_name="tiny-dense", key=KEY, users=8, log=log):
         time.sleep(5)  # steady load first
         victim = replica_processes(APP)[0]
@@ -123,26 +122,29 @@ def test_engine_death_then_replica_death_under_locust_load_lose_no_plain_request
         replica_recovery_s = _recovered_at(t1)
         time.sleep(5)
     s = fault_summary(read_log(log))
-    after = haproxy_retries()
-    summary = {**counts(s), "haproxy_retries": after.get("retries", 0) - before.get("retries", 0),
-               "haproxy_redispatches": after.get("redispatches", 0) - before.get("redispatches", 0),
-               "engine_death_recovery_s": round(engine_recovery_s, 1),
+    summary = {**counts(s), "engine_death_recovery_s": round(engine_recovery_s, 1),
                "replica_death_recovery_s": round(replica_recovery_s, 1)}
     print("\nFAULT direct:", json.dumps(summary))
     assert s["plain"] > 50
-    # Engine death: nothing lost. Replica SIGKILL: HAProxy retries conn-failures and empty answers
-    # on the other replica, yet a few plain requests that were in flight on the killed process get
-    # their connection closed (seen: 2 of ~1,850; a standalone HAProxy with Serve's options retries
-    # them, the one inside Serve, reloading as the replica leaves, does not). Router mode loses
-    # none (tests/test_trust_router.py). Here: only those in flight at the kill, at most one per user.
-    in_flight = [r for r in s["plain_lost"] if r["start"] <= replica_killed_at + 0.5 and r["end"] < replica_killed_at + 5]
-    assert len(in_flight) == len(s["plain_lost"]) <= 8, s["plain_lost"][:5]
-    # A stream whose replica process is SIGKILLed after its first byte cannot be ended cleanly by
-    # anyone in direct mode (the process holding the connection is gone; HAProxy cannot write an
-    # SSE event); router mode ends such streams with an error event (tests/test_trust_router.py).
-    # Every cut stream must at least have had its first byte, i.e. none was dropped unanswered.
-    assert all(r["tokens"] > 0 for r in s["streams_cut"]), [r for r in s["streams_cut"] if r["tokens"] == 0][:5]
-    assert not s["streams_refused"], s["streams_refused"][:5]
+    # Direct mode is not loss-free (router mode is: tests/test_trust_router.py). Two kinds of
+    # failure remain, both bounded and both counted in BENCHMARKS.md:
+    # - a plain request in flight on the SIGKILLed replica process may get its connection closed
+    #   (seen: 2 of ~1,650-1,850 per run; a standalone HAProxy with Serve's options retries these,
+    #   the one inside Serve, reloading as the replica leaves, did not);
+    # - a request that meets the dead engine may get its retryable JSON 503 when HAProxy's retry
+    #   found no other server in time (seen: 0-2 per run; 17 before the 503 was held).
+    def retryable_503(r):
+        return r["status"] == 503 and "ServiceUnavailableError" in r.get("body", "")
+
+    def in_flight_at_kill(r):
+        return r["start"] <= replica_killed_at + 0.5 and r["end"] < replica_killed_at + 5
+
+    lost = s["plain_lost"] + s["streams_refused"]
+    assert all(retryable_503(r) or in_flight_at_kill(r) for r in lost), lost[:5]
+    assert len(lost) <= 8, lost[:5]  # at most one per Locust user
+    # A stream cut after its first byte can only be one that was on the SIGKILLed process: the
+    # process holding the connection is gone and HAProxy cannot write an SSE error event.
+    assert all(r["tokens"] > 0 and in_flight_at_kill(r) for r in s["streams_cut"]), s["streams_cut"][:5]
     assert s["streams_completed"] > 50
     assert s["longest_request_s"] < 90  # nobody waited past the client's timeout
     assert running_replicas(APP, DEPLOYMENT) == 2

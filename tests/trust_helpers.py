@@ -11,11 +11,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import psutil
 from hypothesis import strategies as st
 
@@ -154,21 +152,6 @@ def fault_summary(records: list[dict]) -> dict:
 def counts(summary: dict) -> dict:
     """The summary with lists replaced by their lengths, for printing and BENCHMARKS.md."""
     return {k: len(v) if isinstance(v, list) else v for k, v in summary.items()}
-
-
-def haproxy_retries() -> dict[str, float]:
-    """HAProxy's retry and redispatch counters, summed over backends, from its Prometheus port."""
-    port = os.environ.get("RAY_SERVE_HAPROXY_METRICS_PORT")
-    if not port:
-        return {}
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    out = {"retries": 0.0, "redispatches": 0.0}
-    for line in text.splitlines():
-        if line.startswith("haproxy_backend_retry_warnings_total"):
-            out["retries"] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("haproxy_backend_redispatch_warnings_total"):
-            out["redispatches"] += float(line.rsplit(" ", 1)[1])
-    return out
 
 
 # ---- hostile requests ----------------------------------------------------------------------------------
