@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator
 
 from ray import serve
 
-from serve_app.config import ModelConfig, Parallelism
+from serve_app.schema import ModelConfig, Parallelism
 from serve_app.ingress.asgi_forward import forward_asgi
 from serve_app.ingress.gate import GateSpec
 

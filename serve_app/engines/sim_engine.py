@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from serve_app.config._sim import SimEngineConfig
+from serve_app.schema import SimEngineConfig
 from serve_app.engines.base import EngineStats
 from serve_app.ingress.http import openai_error
 

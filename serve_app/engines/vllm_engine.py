@@ -19,7 +19,7 @@ import threading
 from argparse import Namespace
 from typing import Any
 
-from serve_app.config import ModelConfig, Parallelism
+from serve_app.schema import ModelConfig, Parallelism
 from serve_app.engines.base import EngineStats
 from serve_app.errors import EngineError
 
