@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import ray
 from ray import serve
@@ -89,11 +89,14 @@ def _model_dir(model: ModelConfig) -> str:
 
 
 def build_application(config: AppConfig, *, check_placement: bool = True,
-                      engines: Mapping[str, Any] | None = None) -> Application:
+                      engines: Mapping[str, Any] | None = None,
+                      layouts: Sequence[Layout] | None = None) -> Application:
     """Return the Serve application for `config`.
 
     `engines` maps engine names (models[].engine) to engine classes over the registry's
     (serve_app.engines.registry), e.g. a benchmark's variant; each model's replicas get its class.
+    `layouts`: the models' layouts when the caller resolved them already (the sweep records its
+    own), in config order; else each is resolved here, once.
 
     With Ray connected (it connects to $RAY_ADDRESS or starts locally first), each model's
     placement group is probed and a placement no node can hold raises PlacementError within
@@ -109,7 +112,7 @@ def build_application(config: AppConfig, *, check_placement: bool = True,
     direct = config.direct_ingress
     bound = {}
     for i, m in enumerate(config.models):
-        layout = layout_for(m, extra_accelerators=config.accelerators, where=f"models[{i}]")
+        layout = layouts[i] if layouts else layout_for(m, extra_accelerators=config.accelerators, where=f"models[{i}]")
         if check_placement:
             check_schedulable(model=m.name, bundles=list(layout.bundles), strategy=layout.strategy,
                               timeout_s=m.placement.schedule_timeout_s)
