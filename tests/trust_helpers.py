@@ -37,8 +37,9 @@ def live_app(config_dict: dict):
     import ray
     from ray import serve
 
-    from serve_app.app import build_application, ensure_ray
-    from serve_app.config import parse_config
+    from cluster.ray_cluster import ensure_ray
+    from serve_app.app import build_application
+    from serve_app.schema import parse_config
 
     port = free_port()
     cfg = parse_config({**config_dict, "http": {**config_dict.get("http", {}), "port": port}})
@@ -60,7 +61,7 @@ def vllm_routes() -> list[tuple[str, str]]:
     """Every (path, method) vLLM's OpenAI app registers for the tiny model: what fleetserve must guard."""
     from vllm.entrypoints.launchers.app import build_app
 
-    from serve_app.config import Parallelism, parse_config
+    from serve_app.schema import Parallelism, parse_config
     from serve_app.engines.vllm_engine import build_vllm_args
     from serve_app.tiny_models import ensure_tiny_model
 
