@@ -37,6 +37,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cluster.ray_env import CPU_ENGINE_ENV
+
 MODEL = "tiny-dense"
 PROMPT_LENS = (32, 256, 768)
 BATCHES = (1, 8, 32)
@@ -45,7 +47,7 @@ DECODE_TOKENS = 96
 REPEATS = 3  # each engine measured this many times; best of (see best_of)
 MIXED = {"users": 16, "requests_per_user": 3, "prompt_tokens": 128, "max_tokens": 64}  # held out of the fit
 # What the app gives a CPU replica (serve_app.app), so the engine runs as it does in a replica.
-_REPLICA_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+_REPLICA_ENV = CPU_ENGINE_ENV
 
 
 @dataclass
@@ -183,8 +185,10 @@ def load_real(path: Path) -> tuple[Measures, dict]:
 
 async def measure_vllm() -> tuple[Measures, dict]:
     """Start vLLM as a replica would, measure it, and return its measures and facts (start-up, KV, tokens)."""
-    from serve_app.config import parse_config, tiny_model_dir
-    from serve_app.engines.vllm_engine import VLLMEngine, build_vllm_args
+    from serve_app.schema import parse_config, tiny_model_dir
+    from cluster.planner import plan_layout
+    from serve_app.engines import EngineSpec
+    from serve_app.engines.vllm_engine import VLLMEngine
     from serve_app.tiny_models import ensure_tiny_model
 
     for k, v in _REPLICA_ENV.items():
@@ -192,9 +196,9 @@ async def measure_vllm() -> tuple[Measures, dict]:
     model_dir = str(ensure_tiny_model("dense"))
     cfg = parse_config({"models": [{"name": MODEL, "source": "tiny:dense", "max_model_len": 1024, "placement": {"accelerator": "CPU"},
                                     "engine_args": {"dtype": "bfloat16", "enforce_eager": True, "max_num_seqs": 32}}]}).models[0]
-    args = build_vllm_args(cfg, model_dir=model_dir, parallelism=cfg.parallelism, executor="mp")
     t0 = time.perf_counter()
-    engine = await VLLMEngine.start(args)
+    # The replica's own start (layout resolved as the app builder does), in this process.
+    engine = await VLLMEngine.start(EngineSpec(model=cfg, layout=plan_layout(cfg), model_dir=model_dir))
     startup = time.perf_counter() - t0
     try:
         cache = engine._engine.vllm_config.cache_config  # facts the sim needs; no public getter
@@ -219,11 +223,11 @@ def _chars_per_token(model_dir) -> float:
 
 async def measure_sim(knobs: dict[str, float]) -> Measures:
     """Measure the simulator with `knobs` over the defaults (no cold start: it is timed apart)."""
-    from serve_app.config import SimEngineConfig
+    from serve_app.schema import SimEngineConfig
     from serve_app.engines.sim_engine import SimEngine
 
     cfg = SimEngineConfig(**{"max_num_seqs": 32, **knobs, "startup_s": 0})
-    engine = await SimEngine.start(MODEL, cfg, 1024)
+    engine = await SimEngine.start_simulator(MODEL, cfg, 1024)
     try:
         return best_of([await measure(engine.asgi_app, seed=i) for i in range(REPEATS)])
     finally:
@@ -273,7 +277,7 @@ async def amain(out: Path | None, real_from: Path | None = None) -> int:
     sim_fit = await measure_sim(knobs)
     calibrated = correct(knobs, fit(sim_fit))
     sim_cal = await measure_sim(calibrated)
-    sim_defaults = await measure_sim({})  # what serve_app/config/_sim.py ships
+    sim_defaults = await measure_sim({})  # what serve_app/schema/_sim.py ships
     rows = report(real, {"sim (raw fit)": sim_fit, "sim (calibrated)": sim_cal, "sim (defaults)": sim_defaults})
     suggestion = {**{k: float(f"{v:.3g}") for k, v in calibrated.items()}, "max_num_seqs": 32,
                   "startup_s": round(facts["startup_s"], 1), "kv_capacity_tokens": int(facts["kv_capacity_tokens"]),

@@ -47,7 +47,7 @@ def live_run(engine: str, out: Path, max_ongoing: int, settle_s: float) -> dict:
 
     from loadtest import build_plan, run
     from serve_app.app import build_application
-    from serve_app.config import parse_config
+    from serve_app.schema import parse_config
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -95,7 +95,7 @@ def compare_replay(out: Path, live: dict, *, cold_start: str = "measured") -> di
     from serve_app.autoscaling.runners import runner_for
     from serve_app.autoscaling.session import open_session
     from serve_app.autoscaling.traces import read_trace
-    from serve_app.config import parse_config
+    from serve_app.schema import parse_config
     import yaml
 
     cfg = parse_config(json.loads((out / "deploy.json").read_text()))

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from serve_app.autoscaling.latency import from_sim
     from serve_app.autoscaling.runners import runner_for
     from serve_app.autoscaling.traces import generate
-    from serve_app.config import AutoscalingConfig, SimEngineConfig
+    from serve_app.schema import AutoscalingConfig, SimEngineConfig
 
     gen_s = []
     for _ in range(args.repeats):

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from serve_app.autoscaling.runners import runner_for
     from serve_app.autoscaling.traces import generate
     from serve_app.autoscaling.tune import tune, yaml_block
-    from serve_app.config import AutoscalingConfig
+    from serve_app.schema import AutoscalingConfig
 
     kw = dict(TRACE, length_sigma=args.length_sigma)
     trace = generate(kw.pop("kind"), **kw)

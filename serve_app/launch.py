@@ -9,32 +9,29 @@ from __future__ import annotations
 import signal
 import threading
 
-from serve_app.config import AppConfig
+from serve_app.schema import AppConfig
 
 __all__ = ["deploy", "serve_forever"]
 
 
 def deploy(config: AppConfig, *, blocking_timeout_s: float | None = None) -> str:
     """Start Serve with the config's HTTP options, deploy the app and return its base URL."""
-    from ray import serve
+    from cluster import ray_cluster
+    from serve_app.app import build_application
 
-    from serve_app.app import build_application, ensure_ray
-
-    ensure_ray(config)
+    ray_cluster.ensure_ray(config)
     app = build_application(config)
-    serve.start(http_options={"host": config.http.host, "port": config.http.port,
-                              "request_timeout_s": config.http.request_timeout_s},
-                proxy_location="HeadOnly")
-    serve.run(app, name=config.name, route_prefix="/")
+    ray_cluster.start_serve(host=config.http.host, port=config.http.port, request_timeout_s=config.http.request_timeout_s)
+    ray_cluster.deploy(app, name=config.name)
     host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
     return f"http://{host}:{config.http.port}"
 
 
 def serve_forever(config: AppConfig) -> None:
     """Deploy, print how to call the app, and block until SIGINT/SIGTERM; then shut down what we started."""
-    import ray
-    from ray import serve
+    from cluster.ray_cluster import ensure_ray
 
+    session = ensure_ray(config)  # what deploy() then finds connected
     url = deploy(config)
     stop = threading.Event()
     # After deploy: ray.init installs its own SIGTERM handler (exit 15) that would skip our cleanup.
@@ -48,5 +45,4 @@ def serve_forever(config: AppConfig) -> None:
           flush=True)
     print("Ctrl-C to stop.", flush=True)
     stop.wait()
-    serve.shutdown()
-    ray.shutdown()
+    session.close(stop_serve=True)  # the app this command deployed goes, on a joined cluster too

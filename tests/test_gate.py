@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
-from serve_app.config import KeyLimits, ModelLimits, parse_config
+from serve_app.schema import KeyLimits, ModelLimits, parse_config
 from serve_app.ingress.gate import OPENAI_ROUTES, Gate, GateSpec
 from serve_app.ingress.guard import RETRY_HEADER, EngineGuard
 from serve_app.ingress.keys import KeyLimiter, KeySet

@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from cluster.planner.errors import PlannerError
-from serve_app.config._accelerators import AcceleratorSpec
+from serve_app.schema import AcceleratorSpec
 
 __all__ = ["ACCELERATOR_CATALOG", "AcceleratorSpec", "find_accelerator"]
 
 _PCIE4 = 32.0  # GB/s per direction, x16
-_PCIE5 = 64.0
 
 ACCELERATOR_CATALOG: dict[str, AcceleratorSpec] = {a.name: a for a in (
     AcceleratorSpec(

@@ -55,7 +55,7 @@ def replay_records(trace_path: str | Path, config_path: str | Path | None, model
     Raises ConfigError for a bad config or trace, KeyError for an unknown model.
     """
     from serve_app.autoscaling.replay import load_trace, replay
-    from serve_app.config import load_config
+    from serve_app.schema import load_config
 
     app = load_config(config_path)
     if model is None:

@@ -33,7 +33,7 @@ from typing import Protocol, Sequence
 from serve_app.autoscaling.latency import LatencyModel
 from serve_app.autoscaling.policy import Observation
 from serve_app.autoscaling.traces import RequestTrace
-from serve_app.config import AutoscalingConfig
+from serve_app.schema import AutoscalingConfig
 from serve_app.engines.batching import BatchModel, Seq
 
 __all__ = ["ReplayPolicy", "ReplaySetup", "ReplayResult", "run_replay"]

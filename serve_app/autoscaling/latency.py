@@ -73,13 +73,13 @@ def from_roofline(model: str, accelerator: str, *, tp: int = 1, pp: int = 1, ep:
                   context_tokens: int = 4096, prompt_tokens: int = 512, max_num_seqs: int = 256,
                   cold_start_s: float = 120.0) -> LatencyModel:
     """Time replicas of `model` on `accelerator` with the planner's roofline; raises ConfigError if it does not fit."""
-    from cluster.planner import (ClusterShape, Layout, PlannerError, Workload, estimate, find_accelerator, model_spec,
+    from cluster.planner import (ClusterShape, PlannerError, Split, Workload, estimate, find_accelerator, model_spec,
                                  quantization, replica_memory)
 
     src = f"roofline {model} on {accelerator} TP{tp}xPP{pp}" + (f"+EP{ep}" if ep > 1 else "")
     try:
         m, acc, q = model_spec(model), find_accelerator(accelerator), quantization(quant)
-        layout = Layout(tp=tp, pp=pp, ep=ep)
+        layout = Split(tp=tp, pp=pp, ep=ep)
         gpn = max(layout.world, 8) if layout.world <= 8 else layout.world
         cluster = ClusterShape(nodes=1, gpus_per_node=gpn, accelerator=acc)
         w = Workload(context_tokens=context_tokens, prompt_tokens=min(prompt_tokens, context_tokens), max_num_seqs=max_num_seqs)

@@ -35,7 +35,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import Field
 
-from serve_app.config import AutoscalingConfig
+from serve_app.schema import AutoscalingConfig
 from serve_app.engines.base import Load
 
 __all__ = ["Observation", "WindowSample", "PolicyState", "Clamp", "Mode", "Decision", "decide", "due"]

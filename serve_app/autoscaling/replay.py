@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from pydantic import Field, ValidationError
 
 from serve_app.autoscaling.policy import Decision, Observation, PolicyState, decide, due
-from serve_app.config import AutoscalingConfig
+from serve_app.schema import AutoscalingConfig
 from serve_app.engines.base import Load
 from serve_app.errors import ConfigError
 

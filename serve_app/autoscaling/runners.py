@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from serve_app.autoscaling.policy import Decision, Observation, PolicyState, decide, due
 from serve_app.autoscaling.serve_default import SERVE_CONTROL_LOOP_S, ServeDefaultState, serve_default_decide
-from serve_app.config import AutoscalingConfig
+from serve_app.schema import AutoscalingConfig
 
 __all__ = ["QueueDepthRunner", "ServeDefaultRunner", "runner_for"]
 

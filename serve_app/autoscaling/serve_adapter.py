@@ -37,7 +37,7 @@ import ray
 from serve_app.autoscaling.audit import AuditLog, DecisionRecord
 from serve_app.autoscaling.policy import Observation, PolicyState, decide, due
 from serve_app.autoscaling.shadows import evaluate as evaluate_shadows
-from serve_app.config import AutoscalingConfig
+from serve_app.schema import AutoscalingConfig
 from serve_app.engines.base import (
     KV_USAGE, METRIC_PREFIX, RUNNING_REQUESTS, TTFT_S, WAITING_REQUESTS, WAITING_TOKENS, metric_name, signal_of_metric,
 )

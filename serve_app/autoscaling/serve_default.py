@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 
 from serve_app.autoscaling.policy import Observation
-from serve_app.config import AutoscalingConfig
+from serve_app.schema import AutoscalingConfig
 
 __all__ = ["SERVE_CONTROL_LOOP_S", "SERVE_DEFAULT_TARGET", "ServeDefaultState", "serve_default_decide"]
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from serve_app.autoscaling.des import ReplaySetup
 from serve_app.autoscaling.latency import LatencyModel, from_results, from_roofline, from_sim
 from serve_app.autoscaling.runners import QueueDepthRunner, ServeDefaultRunner, runner_for
-from serve_app.config import AppConfig, AutoscalingConfig, ModelConfig, load_config
+from serve_app.schema import AppConfig, AutoscalingConfig, ModelConfig, load_config
 from serve_app.errors import ConfigError
 
 __all__ = ["Session", "open_session", "policy_from_file", "serve_default_policy", "latency_for"]

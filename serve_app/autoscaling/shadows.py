@@ -14,7 +14,7 @@ from typing import Any
 from serve_app.autoscaling.audit import ShadowDecision
 from serve_app.autoscaling.policy import Observation, PolicyState, decide
 from serve_app.autoscaling.serve_default import ServeDefaultState, serve_default_decide
-from serve_app.config import AutoscalingConfig
+from serve_app.schema import AutoscalingConfig
 
 __all__ = ["evaluate"]
 

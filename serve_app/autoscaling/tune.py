@@ -22,7 +22,7 @@ from serve_app.autoscaling.compare import Slo, summarize
 from serve_app.autoscaling.des import ReplaySetup, run_replay
 from serve_app.autoscaling.runners import runner_for
 from serve_app.autoscaling.traces import RequestTrace
-from serve_app.config import AutoscalingConfig
+from serve_app.schema import AutoscalingConfig
 
 __all__ = ["Trial", "TuneResult", "tune", "yaml_block", "search_space"]
 

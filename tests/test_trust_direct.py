@@ -1,0 +1,150 @@
+"""Trust, direct ingress (one model: HAProxy -> the model replicas' own HTTP ports), on real Serve + vLLM.
+
+One app for the module: tiny dense, 2 replicas, engine core in its own process, API keys
+inline and from a file. Every vLLM route needs a key; 1,000 generated hostile requests get no
+5xx; killing an engine core and then a replica under Locust load loses no plain request.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import wait_until
+from trust_helpers import (FILE_KEY, HOSTILE_HEADERS, HOSTILE_PATHS, KEY, counts, engine_core_of, fault_summary,
+                           hostile_chat_body, live_app, locust_fault_load, model, read_log,
+                           replica_processes, running_replicas, vllm_routes)
+
+pytestmark = pytest.mark.slow
+
+APP = "trust-direct"
+DEPLOYMENT = "model-tiny-dense"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    key_file = tmp_path_factory.mktemp("keys") / "api-keys"
+    key_file.write_text(f"# mounted Secret\n{FILE_KEY}\n")
+    cfg = {"name": APP, "api_keys": [KEY], "api_keys_file": str(key_file),
+           "models": [model(autoscaling={"min_replicas": 2, "max_replicas": 2}, health_check_period_s=1)]}
+    with live_app(cfg) as (config, url):
+        yield url
+
+
+def _auth(key=KEY):
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_every_route_vllm_registers_needs_a_valid_key_but_health(app):
+    routes = vllm_routes()
+    assert len(routes) > 20 and ("/invocations", "POST") in routes and ("/scale_elastic_ep", "POST") in routes
+    chat = {"model": "tiny-dense", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with httpx.Client(base_url=app, timeout=60) as c:
+        for path, method in routes + [("/-/autoscaler/tiny-dense", "GET")]:
+            for headers in ({}, _auth("sk-wrong")):
+                r = c.request(method, path, json=chat, headers=headers)
+                if path == "/health":
+                    assert r.status_code == 200
+                    continue
+                assert r.status_code == 401, (method, path, r.status_code, r.text[:200])
+                if method != "HEAD":  # a HEAD answer has no body
+                    assert r.json()["error"]["type"] == "AuthenticationError"
+        # With a key: the OpenAI surface answers, vLLM's operational routes do not exist.
+        assert c.post("/v1/chat/completions", json=chat, headers=_auth()).status_code == 200
+        assert c.post("/v1/chat/completions", json=chat, headers=_auth(FILE_KEY)).status_code == 200
+        assert c.get("/-/autoscaler/tiny-dense", headers=_auth()).status_code == 200
+        for path in ("/invocations", "/scale_elastic_ep", "/load", "/docs", "/openapi.json", "/v1/messages"):
+            r = c.post(path, json=chat, headers=_auth())
+            assert r.status_code == 404 and r.json()["error"]["type"] == "NotFoundError", path
+        r = c.get("/v1/chat/completions", headers=_auth())
+        assert r.status_code == 405 and r.headers["content-type"] == "application/json"
+
+
+_SEEN = {"n": 0, "statuses": {}}
+
+
+@settings(max_examples=1000, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_a_thousand_hostile_requests_get_no_5xx_and_json_errors(app, data):
+    method = data.draw(st.sampled_from(["POST"] * 6 + ["GET", "PUT", "DELETE", "PATCH", "OPTIONS"]))
+    path = data.draw(st.sampled_from(HOSTILE_PATHS))
+    headers = {**data.draw(HOSTILE_HEADERS), **data.draw(st.sampled_from([_auth(), _auth(), {}, _auth("x")]))}
+    body = data.draw(hostile_chat_body("tiny-dense"))
+    with httpx.Client(base_url=app, timeout=60) as c:
+        r = c.request(method, path, content=body, headers=headers)
+    _SEEN["n"] += 1
+    _SEEN["statuses"][r.status_code] = _SEEN["statuses"].get(r.status_code, 0) + 1
+    assert r.status_code < 500, (method, path, body[:200], r.status_code, r.text[:300])
+    # A header value the HTTP parser refuses (e.g. a control character) never reaches the app:
+    # uvicorn answers its own plain 400, which carries nothing internal. Everything else is JSON.
+    parser_refusal = r.status_code == 400 and r.text == "Invalid HTTP request received."
+    if r.status_code >= 400 and path.startswith("/v1/") and not parser_refusal:
+        assert r.headers["content-type"].startswith("application/json"), (path, r.status_code, r.text[:200])
+        assert "Traceback" not in r.text and KEY not in r.text and FILE_KEY not in r.text
+
+
+def test_the_app_still_serves_after_the_hostile_requests(app):
+    assert _SEEN["n"] >= 1000, _SEEN
+    print(f"\nhostile requests: {_SEEN['n']}, statuses {dict(sorted(_SEEN['statuses'].items()))}")
+    with httpx.Client(base_url=app, timeout=60) as c:
+        r = c.post("/v1/chat/completions", headers=_auth(),
+                   json={"model": "tiny-dense", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+
+
+def _recovered_at(since: float) -> float:
+    wait_until(lambda: running_replicas(APP, DEPLOYMENT) == 2 and len(replica_processes(APP)) == 2,
+               timeout_s=180, interval_s=0.5, what="the fleet back at 2 running replicas")
+    return time.monotonic() - since
+
+
+def test_engine_death_then_replica_death_under_locust_load_lose_no_plain_request(app, tmp_path):
+    log = tmp_path / "requests.jsonl"
+    with locust_fault_load(app, model_name="tiny-dense", key=KEY, users=8, log=log):
+        time.sleep(5)  # steady load first
+        victim = replica_processes(APP)[0]
+        engine_core_of(victim).kill()  # SIGKILL: the engine core dies, the replica process lives on
+        t0 = time.monotonic()
+        wait_until(lambda: not victim.is_running() or victim.status() == "zombie", timeout_s=120,
+                   what="Serve replacing the replica whose engine died")
+        engine_recovery_s = _recovered_at(t0)
+        time.sleep(5)
+        other = replica_processes(APP)[0]
+        replica_killed_at = time.time()
+        other.kill()  # SIGKILL of a whole replica actor
+        t1 = time.monotonic()
+        replica_recovery_s = _recovered_at(t1)
+        time.sleep(5)
+    s = fault_summary(read_log(log))
+    summary = {**counts(s), "engine_death_recovery_s": round(engine_recovery_s, 1),
+               "replica_death_recovery_s": round(replica_recovery_s, 1)}
+    print("\nFAULT direct:", json.dumps(summary))
+    assert s["plain"] > 50
+    # Direct mode is not loss-free (router mode is: tests/test_trust_router.py). Two kinds of
+    # failure remain, both bounded and both counted in BENCHMARKS.md:
+    # - a plain request in flight on the SIGKILLed replica process may get its connection closed
+    #   (seen: 2 of ~1,650-1,850 per run; a standalone HAProxy with Serve's options retries these,
+    #   the one inside Serve, reloading as the replica leaves, did not);
+    # - a request that meets the dead engine may get its retryable JSON 503 when HAProxy's retry
+    #   found no other server in time (seen: 0-2 per run; 17 before the 503 was held).
+    def retryable_503(r):
+        return r["status"] == 503 and "ServiceUnavailableError" in r.get("body", "")
+
+    def in_flight_at_kill(r):
+        return r["start"] <= replica_killed_at + 0.5 and r["end"] < replica_killed_at + 5
+
+    lost = s["plain_lost"] + s["streams_refused"]
+    assert all(retryable_503(r) or in_flight_at_kill(r) for r in lost), lost[:5]
+    assert len(lost) <= 8, lost[:5]  # at most one per Locust user
+    # A stream cut after its first byte can only be one that was on the SIGKILLed process: the
+    # process holding the connection is gone and HAProxy cannot write an SSE error event.
+    assert all(r["tokens"] > 0 and in_flight_at_kill(r) for r in s["streams_cut"]), s["streams_cut"][:5]
+    assert s["streams_completed"] > 50
+    assert s["longest_request_s"] < 90  # nobody waited past the client's timeout
+    assert running_replicas(APP, DEPLOYMENT) == 2
