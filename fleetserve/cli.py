@@ -31,11 +31,19 @@ def serve_cmd(config: str = typer.Option(None, "--config", "-c", help="deploy.ya
     from serve_app.errors import FleetserveError
     from serve_app.launch import serve_forever
 
+    from serve_app.errors import ConfigError
+
     try:
-        serve_forever(load_config(config))
-    except FleetserveError as e:
+        cfg = load_config(config)
+    except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
+    try:
+        serve_forever(cfg)
+    except FleetserveError as e:
+        # Placement, a replica that cannot start: one message naming the model and the cause.
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
 
 
 def main() -> None:

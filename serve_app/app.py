@@ -23,7 +23,7 @@ from serve_app.config import AppConfig, ModelConfig, Parallelism, parse_config, 
 from serve_app.config._tiny import TINY_PREFIX
 from serve_app.errors import ConfigError
 
-__all__ = ["build_application", "build_app_from_args", "Layout", "layout_for", "deployment_options", "ensure_ray"]
+__all__ = ["build_application", "build_app_from_args", "Layout", "layout_for", "deployment_options", "deployment_name", "ensure_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +80,18 @@ def layout_for(model: ModelConfig, *, accelerators_per_node: int | None = None,
     return Layout(par, tuple(bundles_for(par, p)), strategy, executor)
 
 
+def deployment_name(model: ModelConfig) -> str:
+    """Return the Serve deployment name of `model`'s replicas."""
+    return "model-" + re.sub(r"[^A-Za-z0-9_-]+", "-", model.name)
+
+
 def deployment_options(model: ModelConfig, layout: Layout) -> dict[str, Any]:
     """Return the `serve.deployment(...).options()` kwargs of `model`'s deployment."""
     env = dict(_CPU_ENV_DEFAULTS) if model.placement.on_cpu else {}
     env.update(model.env)
     bundle0 = layout.bundles[0]
     opts: dict[str, Any] = {
-        "name": "model-" + re.sub(r"[^A-Za-z0-9_-]+", "-", model.name),
+        "name": deployment_name(model),
         "placement_group_bundles": [dict(b) for b in layout.bundles],
         "placement_group_strategy": layout.strategy,
         # The replica actor takes bundle 0's CPU; its engine workers take the accelerators.
@@ -123,6 +128,10 @@ def _world_size(model: ModelConfig) -> int:
     return 1 if model.parallelism == "auto" else model.parallelism.world_size
 
 
+# True once ensure_ray started a local Ray: no autoscaler there, so an impossible placement is final.
+_ray_started_here = False
+
+
 def ensure_ray(config: AppConfig) -> None:
     """Connect to $RAY_ADDRESS, or start a local Ray sized for `config` when none is given."""
     if ray.is_initialized():
@@ -139,6 +148,8 @@ def ensure_ray(config: AppConfig) -> None:
         if key.endswith("_PORT") or key not in os.environ:
             os.environ[key] = value
     # address="local": never attach to some other Ray that happens to run on this machine.
+    global _ray_started_here
+    _ray_started_here = True
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need) + 2), namespace="serve",
              include_dashboard=config.local_ray.dashboard)
 
@@ -163,7 +174,7 @@ def build_application(config: AppConfig, *, check_placement: bool = True) -> App
         layout = layout_for(m, extra_accelerators=config.accelerators)
         if check_placement:
             check_schedulable(model=m.name, bundles=list(layout.bundles), strategy=layout.strategy,
-                              timeout_s=m.placement.schedule_timeout_s)
+                              timeout_s=m.placement.schedule_timeout_s, can_grow=not _ray_started_here)
         spec = ReplicaSpec(model=m, model_index=i, model_dir=_model_dir(m), parallelism=layout.parallelism,
                            executor=layout.executor,
                            gate=GateSpec.from_config(config, routes=OPENAI_ROUTES) if direct else None)
