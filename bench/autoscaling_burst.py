@@ -128,7 +128,7 @@ def run_variant(variant: Variant, *, url: str, port: int, out: Path, plan, settl
 
     from loadtest import run
     from serve_app.app import build_application
-    from serve_app.config import parse_config
+    from serve_app.schema import parse_config
 
     cfg = parse_config(_model_config(variant.autoscaling, port, max_ongoing))
     load_start = os.getloadavg()[0]

@@ -183,7 +183,7 @@ def load_real(path: Path) -> tuple[Measures, dict]:
 
 async def measure_vllm() -> tuple[Measures, dict]:
     """Start vLLM as a replica would, measure it, and return its measures and facts (start-up, KV, tokens)."""
-    from serve_app.config import parse_config, tiny_model_dir
+    from serve_app.schema import parse_config, tiny_model_dir
     from serve_app.engines.vllm_engine import VLLMEngine, build_vllm_args
     from serve_app.tiny_models import ensure_tiny_model
 
@@ -219,7 +219,7 @@ def _chars_per_token(model_dir) -> float:
 
 async def measure_sim(knobs: dict[str, float]) -> Measures:
     """Measure the simulator with `knobs` over the defaults (no cold start: it is timed apart)."""
-    from serve_app.config import SimEngineConfig
+    from serve_app.schema import SimEngineConfig
     from serve_app.engines.sim_engine import SimEngine
 
     cfg = SimEngineConfig(**{"max_num_seqs": 32, **knobs, "startup_s": 0})
@@ -273,7 +273,7 @@ async def amain(out: Path | None, real_from: Path | None = None) -> int:
     sim_fit = await measure_sim(knobs)
     calibrated = correct(knobs, fit(sim_fit))
     sim_cal = await measure_sim(calibrated)
-    sim_defaults = await measure_sim({})  # what serve_app/config/_sim.py ships
+    sim_defaults = await measure_sim({})  # what serve_app/schema/_sim.py ships
     rows = report(real, {"sim (raw fit)": sim_fit, "sim (calibrated)": sim_cal, "sim (defaults)": sim_defaults})
     suggestion = {**{k: float(f"{v:.3g}") for k, v in calibrated.items()}, "max_num_seqs": 32,
                   "startup_s": round(facts["startup_s"], 1), "kv_capacity_tokens": int(facts["kv_capacity_tokens"]),

@@ -51,7 +51,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve_app.config import load_config
+    from serve_app.schema import load_config
     from serve_app.launch import deploy
 
     config = load_config(args.config)

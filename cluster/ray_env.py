@@ -7,7 +7,7 @@ import os
 import random
 import socket
 
-from serve_app.config import AppConfig
+from serve_app.schema import AppConfig
 
 __all__ = ["fast_path_env", "free_local_port", "haproxy_ports_env", "local_fast_path_env", "claim_port_block"]
 

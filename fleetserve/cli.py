@@ -27,7 +27,7 @@ app.command("plan")(plan_command)
 @app.command("serve")
 def serve_cmd(config: str = typer.Option(None, "--config", "-c", help="deploy.yaml; default $FLEETSERVE_CONFIG or the embedded default")) -> None:
     """Deploy the config on Ray (local, or $RAY_ADDRESS) and serve until Ctrl-C."""
-    from serve_app.config import load_config
+    from serve_app.schema import load_config
     from serve_app.errors import FleetserveError
     from serve_app.launch import serve_forever
 

@@ -59,7 +59,7 @@ def run_command(
     try:
         cfg = None
         if config is not None or not model or host is None:
-            from serve_app.config import load_config
+            from serve_app.schema import load_config
 
             cfg = load_config(config)
         if plan_file is not None:
@@ -146,7 +146,7 @@ def sweep_command(
     from loadtest.report import table_lines, write_report
     from loadtest.sweep import plan_sweep, ray_session, run_sweep
     from loadtest.sweep_results import Ladder, Slo
-    from serve_app.config import load_config
+    from serve_app.schema import load_config
     from serve_app.errors import ConfigError
 
     try:

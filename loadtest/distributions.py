@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, model_validator
 
 from loadtest.errors import LoadTestError
-from serve_app.config._base import Frozen
+from serve_app.schema import Frozen
 
 __all__ = [
     "FixedLength", "UniformLength", "NormalLength", "LogNormalLength", "LengthDist", "parse_length",

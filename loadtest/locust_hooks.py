@@ -90,7 +90,7 @@ def plan_from_options(opts) -> LoadPlan:
     models = [m.strip() for m in opts.model.split(",") if m.strip()]
     config = None
     if opts.app_config or not models:
-        from serve_app.config import load_config
+        from serve_app.schema import load_config
 
         config = load_config(opts.app_config or None)
     return build_plan(

@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError
 from loadtest.distributions import FixedLength, LengthDist, parse_length
 from loadtest.errors import LoadTestError
 from loadtest.shapes import ConstantShape, PoissonShape, Shape, SpikeShape, StepShape, TraceShape
-from serve_app.config._base import Frozen
+from serve_app.schema import Frozen
 
 __all__ = ["LoadPlan", "build_plan", "models_from_config", "host_from_config", "parse_duration", "SHAPE_KINDS"]
 

@@ -28,7 +28,7 @@ from typing import Iterable, Literal, Mapping
 from pydantic import Field
 
 from loadtest.plan import LoadPlan
-from serve_app.config._base import Frozen
+from serve_app.schema import Frozen
 
 __all__ = [
     "SCHEMA_VERSION", "RunResults", "MetricStats", "RequestTotals", "FailureGroup", "TimelinePoint", "ProcessTotals",

@@ -19,7 +19,7 @@ from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import Field, model_validator
 
-from serve_app.config._base import Frozen
+from serve_app.schema import Frozen
 
 __all__ = [
     "ConstantShape", "StepShape", "SpikeShape", "PoissonShape", "TraceShape", "Shape", "Tick", "plan_tick",

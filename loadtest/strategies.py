@@ -21,8 +21,8 @@ import yaml
 from pydantic import Field
 
 from loadtest.errors import LoadTestError
-from serve_app.config import AppConfig, ModelConfig, parse_config
-from serve_app.config._base import Frozen
+from serve_app.schema import AppConfig, ModelConfig, parse_config
+from serve_app.schema import Frozen
 
 __all__ = ["Strategy", "parse_strategy", "apply_strategy", "select_model", "cpu_refusal", "GRAMMAR"]
 

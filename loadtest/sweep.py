@@ -36,7 +36,7 @@ from loadtest.sweep_results import (
     write_sweep,
 )
 from cluster.ray_env import free_local_port
-from serve_app.config import AppConfig
+from serve_app.schema import AppConfig
 from serve_app.errors import ConfigError
 
 __all__ = ["plan_sweep", "run_sweep", "ray_session", "cluster_info", "app_placement_groups", "SWEEP_NOTE"]

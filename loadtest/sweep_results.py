@@ -22,7 +22,7 @@ from pydantic import Field, ValidationError
 
 from loadtest.errors import LoadTestError
 from loadtest.results import MetricStats, RequestRecord, RunResults, read_requests
-from serve_app.config._base import Frozen
+from serve_app.schema import Frozen
 
 __all__ = [
     "SWEEP_SCHEMA_VERSION", "SweepResults", "StrategyResult", "StepResult", "Layout", "PlacementGroupSeen",

@@ -19,8 +19,8 @@ from ray.serve import Application
 
 from cluster.ray_env import local_fast_path_env
 from serve_app.autoscaling.serve_adapter import deployment_scaling_options
-from serve_app.config import AppConfig, ModelConfig, Parallelism, parse_config, load_config, resolve_local_dir
-from serve_app.config._tiny import TINY_PREFIX
+from serve_app.schema import AppConfig, ModelConfig, Parallelism, parse_config, load_config, resolve_local_dir
+from serve_app.schema import TINY_PREFIX
 from serve_app.errors import ConfigError
 
 __all__ = ["build_application", "build_app_from_args", "Layout", "layout_for", "deployment_options", "deployment_name", "ensure_ray"]

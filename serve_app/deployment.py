@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator
 
 from ray import serve
 
-from serve_app.config import ModelConfig, Parallelism
+from serve_app.schema import ModelConfig, Parallelism
 from serve_app.ingress.asgi_forward import forward_asgi
 from serve_app.ingress.gate import GateSpec
 
@@ -75,7 +75,7 @@ class ModelServer:
         self._engine = await _start_engine(spec)
         engine = self._engine
         self._app = EngineGuard(engine.asgi_app, model=spec.model.name, alive=engine.alive,
-                                waiting_prompt_tokens=lambda: engine.stats().waiting_prompt_tokens,
+                                waiting_prompt_tokens=lambda: engine.stats().waiting_tokens,
                                 limits=spec.model.limits)
         log.info("fleetserve: %s ready (tp=%d pp=%d ep=%d executor=%s)", spec.model.name,
                  spec.parallelism.tensor, spec.parallelism.pipeline, spec.parallelism.expert, spec.executor)

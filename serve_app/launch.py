@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from serve_app.config import AppConfig
+from serve_app.schema import AppConfig
 
 __all__ = ["deploy", "serve_forever"]
 

@@ -17,6 +17,7 @@ from ray.serve.config import AutoscalingContext  # noqa: E402
 
 from serve_app.autoscaling import serve_adapter as sa  # noqa: E402
 from serve_app.config import AutoscalingConfig  # noqa: E402
+from serve_app.engines.base import EngineStats  # noqa: E402
 
 POLICY = AutoscalingConfig(min_replicas=0, max_replicas=8, idle_timeout_s=60, upscale_stabilization_s=0,
                            upscale_cooldown_s=0, policy_interval_s=1.0)
@@ -103,7 +104,7 @@ def test_through_serves_wrapper_decisions_apply_and_state_round_trips():
     n3, _ = wrapped(ctx(now=101.0, running=2, target=n, per_replica=load, state=state, config=cfg))
     assert n3 == n and len(policy.audit) == 2
     rec = policy.audit.history()[0]
-    assert rec["model"] == "m" and rec["inputs"]["waiting_requests"] == 40 and rec["target_replicas"] == n
+    assert rec.model == "m" and rec.inputs.waiting_requests == 40 and rec.target_replicas == n
 
 
 def test_audit_store_keeps_each_models_history_bounded():
@@ -114,3 +115,20 @@ def test_audit_store_keeps_each_models_history_bounded():
     assert [r["i"] for r in store.history("m")["decisions"]] == [2, 3, 4]
     assert store.history("m", 1)["decisions"] == [{"i": 4}] and store.history("x") is None
     assert store.models() == ["m", "other"]
+
+
+def test_engine_stats_reach_the_observation_under_the_contracts_names(caplog):
+    # The engine side (as_metrics) and the adapter side must agree on every name: a rename on one
+    # side only would leave the policy on Serve's request counts, which this catches.
+    stats = EngineStats(waiting_requests=3, running_requests=7, waiting_tokens=300, kv_usage=0.5, ttft_s=0.2)
+    obs = sa.observation_from_context(ctx(now=5.0, running=2, target=2, ongoing=999, per_replica=stats.as_metrics()))
+    assert (obs.waiting_requests, obs.running_requests, obs.waiting_tokens) == (6, 14, 600)  # summed, not Serve's 999
+    assert (obs.kv_usage, obs.ttft_s) == (0.5, 0.2)  # averaged
+    assert {sa.METRIC_WAITING, sa.METRIC_RUNNING, sa.METRIC_WAITING_TOKENS, sa.METRIC_KV_USAGE,
+            sa.METRIC_TTFT_S} == set(stats.as_metrics())
+
+
+def test_an_engine_metric_the_adapter_does_not_know_is_reported(caplog):
+    with caplog.at_level("WARNING", logger="ray.serve.fleetserve.autoscaler"):
+        sa.observation_from_context(ctx(now=1.0, running=1, target=1, per_replica={"engine_waiting_prompt_tokens": 5}))
+    assert any("engine_waiting_prompt_tokens" in r.getMessage() for r in caplog.records)

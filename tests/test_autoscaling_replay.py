@@ -132,7 +132,7 @@ def test_audit_log_is_bounded_and_logs_one_json_line_per_decision(caplog):
     with caplog.at_level(logging.DEBUG, logger="fleetserve.autoscaler"):
         for d in _decisions(5):
             log.record(d)
-    assert len(log) == 3 and [r["time_s"] for r in log.history()] == [2.0, 3.0, 4.0]
+    assert len(log) == 3 and [r.time_s for r in log.history()] == [2.0, 3.0, 4.0]
     assert len(seen) == 5 and len(caplog.records) == 5
     line = json.loads(caplog.records[-1].getMessage())
     assert line["event"] == EVENT and line["model"] == "m"
@@ -147,8 +147,8 @@ def test_records_read_back_from_endpoint_json_jsonl_and_log_lines():
     for d in _decisions(3):
         log.record(d)
     recs = log.history()
-    jsonl = "\n".join(json.dumps(r) for r in recs)
-    logged = "\n".join(f"INFO 2025-01-01 controller.py:12 -- {json.dumps(r)}" for r in recs) + "\nunrelated line"
+    jsonl = "\n".join(r.to_json() for r in recs)
+    logged = "\n".join(f"INFO 2025-01-01 controller.py:12 -- {r.to_json()}" for r in recs) + "\nunrelated line"
     assert read_records(json.dumps(log.to_dict())) == read_records(jsonl) == read_records(logged) == recs
     with pytest.raises(ValueError):
         read_records("nothing here")
@@ -185,7 +185,7 @@ def test_cli_replay_prints_a_table_and_json(files):
     assert out.exit_code == 0, out.output
     assert "panic" in out.output and "decisions" in out.output.splitlines()[-1]
     js = runner.invoke(cli, [*args, "--json"])
-    recs = [json.loads(line) for line in js.output.splitlines()]
+    recs = read_records(js.output)
     assert recs == replay_records(files / "trace.jsonl", files / "deploy.yaml", "m", startup_s=20, slots_per_replica=32)
 
 
@@ -198,7 +198,7 @@ def test_cli_replay_errors_name_the_problem(files):
 
 def test_cli_explain_reads_a_file(files):
     recs = replay_records(files / "trace.jsonl", files / "deploy.yaml", "m", startup_s=20, slots_per_replica=32)
-    (files / "decisions.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    (files / "decisions.jsonl").write_text("\n".join(r.to_json() for r in recs))
     out = CliRunner().invoke(cli, ["explain", str(files / "decisions.jsonl"), "--last", "400"])
     assert out.exit_code == 0, out.output
     assert "replicas" in out.output.splitlines()[0] and "panic" in out.output

@@ -31,7 +31,7 @@ def _descendant_cmdlines(pid: int) -> list[str]:
 
 
 def test_fleetserve_serve_prints_the_url_answers_and_stops_cleanly(tmp_path):
-    default = yaml.safe_load((REPO / "serve_app/config/default.yaml").read_text())
+    default = yaml.safe_load((REPO / "serve_app/schema/default.yaml").read_text())
     default["http"]["port"] = free_port()
     default["models"] = default["models"][:1]  # one engine is enough to prove the command
     default["models"][0]["env"]["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"

@@ -131,7 +131,7 @@ def test_estimated_must_name_fields():
 def test_counts_match_transformers_on_the_tiny_and_qwen_models():
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
-    from serve_app.config._tiny import TINY_SPECS
+    from serve_app.schema import TINY_SPECS
 
     small = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  vocab_size=1000)

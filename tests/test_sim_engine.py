@@ -63,11 +63,11 @@ def test_batch_is_bounded_by_max_num_seqs_and_the_rest_waits():
         return seen, results
 
     seen, results = _run(main())
-    assert max(s.running for s in seen) == 2
-    assert max(s.waiting for s in seen) == 3
-    assert max(s.waiting_prompt_tokens for s in seen) == 3 * 10  # 40 chars / 4 chars per token
+    assert max(s.running_requests for s in seen) == 2
+    assert max(s.waiting_requests for s in seen) == 3
+    assert max(s.waiting_tokens for s in seen) == 3 * 10  # 40 chars / 4 chars per token
     assert all(r.json()["usage"]["completion_tokens"] == 20 for r in results)
-    assert seen[-1].running == 0 and seen[-1].waiting == 0
+    assert seen[-1].running_requests == 0 and seen[-1].waiting_requests == 0
 
 
 def test_kv_capacity_limits_admission():
@@ -79,8 +79,8 @@ def test_kv_capacity_limits_admission():
             peak = 0
             while not all(t.done() for t in tasks):
                 await asyncio.sleep(0.01)
-                peak = max(peak, eng.stats().running)
-                assert eng.stats().kv_cache_usage <= 1.0
+                peak = max(peak, eng.stats().running_requests)
+                assert eng.stats().kv_usage <= 1.0
             await asyncio.gather(*tasks)
         eng.shutdown()
         return peak

@@ -44,7 +44,7 @@ def default_crd_dir() -> Path | None:
 
 def render_manifest(config_path: str | None, kind: str = "rayservice") -> dict[str, Any]:
     """Load the config and render one manifest (ConfigError / RenderError name the field)."""
-    from serve_app.config import load_config
+    from serve_app.schema import load_config
 
     config = load_config(config_path)
     if kind == "rayservice":
@@ -152,7 +152,7 @@ def status_cmd(
 ) -> None:
     """Show the RayService's conditions and its Serve applications' status; exit 1 if not ready."""
     from cluster.k8s import client
-    from serve_app.config import load_config
+    from serve_app.schema import load_config
 
     try:
         if name is None or namespace is None:

@@ -18,7 +18,7 @@ from cluster.k8s.dashboard import grafana_dashboard
 from cluster.k8s.errors import K8sError
 from cluster.k8s.layout import worker_layouts
 from cluster.k8s.render import render_raycluster, render_rayservice, to_yaml
-from serve_app.config import AppConfig, load_config
+from serve_app.schema import AppConfig, load_config
 
 __all__ = ["DEV_SCENARIO", "SCENARIO_DIR", "check_examples", "render_examples", "scenario_configs", "write_examples"]
 

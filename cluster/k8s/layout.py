@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from cluster.k8s.errors import RenderError
 from cluster.planner import PlannerError, bundles_for, resolve_parallelism
-from serve_app.config import AppConfig, KubernetesConfig, ModelConfig, Parallelism
+from serve_app.schema import AppConfig, KubernetesConfig, ModelConfig, Parallelism
 
 __all__ = [
     "WorkerLayout", "gpus_per_replica", "group_name_for", "per_pod_share", "resolve_for_kubernetes", "worker_layout",

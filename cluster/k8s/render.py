@@ -22,7 +22,7 @@ import yaml
 from cluster.k8s.errors import RenderError
 from cluster.k8s.layout import WorkerLayout, resolve_for_kubernetes, worker_layouts
 from cluster.ray_env import fast_path_env
-from serve_app.config import TINY_PREFIX, AppConfig, KubernetesConfig
+from serve_app.schema import TINY_PREFIX, AppConfig, KubernetesConfig
 
 __all__ = [
     "API_VERSION",

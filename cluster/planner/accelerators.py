@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from cluster.planner.errors import PlannerError
-from serve_app.config._accelerators import AcceleratorSpec
+from serve_app.schema import AcceleratorSpec
 
 __all__ = ["ACCELERATOR_CATALOG", "AcceleratorSpec", "find_accelerator"]
 

@@ -18,8 +18,8 @@ from cluster.planner.placement import strategy_for
 from cluster.planner.plans import PlanReport, Rank, plan
 from cluster.planner.quant import Quantization, quantization
 from cluster.planner.shapes import ClusterShape, Layout, Workload
-from serve_app.config._accelerators import AcceleratorSpec
-from serve_app.config._schema import ModelConfig, Parallelism
+from serve_app.schema import AcceleratorSpec
+from serve_app.schema import ModelConfig, Parallelism
 
 __all__ = ["resolve_parallelism", "plan_for_model", "quantization_for", "workload_for"]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from cluster.planner.errors import PlannerError
 from cluster.planner.models import ModelSpec
-from serve_app.config._shape import resolve_local_dir
-from serve_app.config._tiny import TINY_PREFIX, TINY_SPECS
+from serve_app.schema import resolve_local_dir
+from serve_app.schema import TINY_PREFIX, TINY_SPECS
 
 __all__ = ["MODEL_CATALOG", "model_spec"]
 

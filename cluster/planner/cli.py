@@ -81,7 +81,7 @@ def plan_command(
     try:
         extra = ()
         if config is not None:
-            from serve_app.config import load_config
+            from serve_app.schema import load_config
 
             extra = load_config(config).accelerators
         if rank not in ("throughput", "latency"):

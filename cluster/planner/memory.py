@@ -16,7 +16,7 @@ from cluster.planner.errors import PlannerError
 from cluster.planner.models import ModelSpec, param_counts
 from cluster.planner.quant import Quantization
 from cluster.planner.shapes import Layout, Workload
-from serve_app.config._accelerators import AcceleratorSpec
+from serve_app.schema import AcceleratorSpec
 
 __all__ = [
     "StageMemory", "ReplicaMemory",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.planner.errors import PlannerError
-from serve_app.config._shape import ModelShape
+from serve_app.schema import ModelShape
 
 __all__ = ["ModelSpec", "ParamCounts", "param_counts"]
 

@@ -6,7 +6,7 @@ per worker in the replica's placement group. Pure: returns plain dicts and strin
 
 from __future__ import annotations
 
-from serve_app.config._schema import Parallelism, Placement
+from serve_app.schema import Parallelism, Placement
 
 __all__ = ["bundles_for", "strategy_for", "auto_strategy"]
 

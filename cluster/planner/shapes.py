@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cluster.planner.errors import PlannerError
-from serve_app.config._accelerators import AcceleratorSpec
+from serve_app.schema import AcceleratorSpec
 
 __all__ = ["Layout", "ClusterShape", "Workload"]
 

@@ -6,12 +6,12 @@ is imported by its full name: `serve_app.autoscaling.serve_adapter`.
 
 from __future__ import annotations
 
-from serve_app.autoscaling.audit import EVENT, AuditLog, decision_record, format_table, read_records
+from serve_app.autoscaling.audit import EVENT, AuditLog, DecisionRecord, decision_record, format_table, read_records
 from serve_app.autoscaling.policy import Clamp, Decision, Observation, PolicyState, WindowSample, decide, due
 from serve_app.autoscaling.replay import TracePoint, load_trace, parse_trace  # replay() lives in .replay
 
 __all__ = [
     "Observation", "PolicyState", "WindowSample", "Clamp", "Decision", "decide", "due",
-    "EVENT", "AuditLog", "decision_record", "format_table", "read_records",
+    "EVENT", "AuditLog", "DecisionRecord", "decision_record", "format_table", "read_records",
     "TracePoint", "load_trace", "parse_trace",
 ]

@@ -6,13 +6,12 @@ which tests call directly. Imports neither Ray nor vLLM.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
-from serve_app.autoscaling.audit import decision_record, format_table, read_records
+from serve_app.autoscaling.audit import DecisionRecord, decision_record, format_table, read_records
 
 __all__ = ["cli", "fetch_records", "load_records", "replay_records", "summarize"]
 
@@ -22,7 +21,7 @@ HISTORY_PATH = "/-/autoscaler/{model}"
 
 
 def fetch_records(url: str, model: str, *, last: int | None = None, api_key: str | None = None,
-                  timeout_s: float = 10.0) -> list[dict[str, Any]]:
+                  timeout_s: float = 10.0) -> list[DecisionRecord]:
     """GET `{url}/-/autoscaler/{model}` from a running app and return its decision records.
 
     Raises RuntimeError naming the URL and the status when the app does not answer with records.
@@ -41,21 +40,21 @@ def fetch_records(url: str, model: str, *, last: int | None = None, api_key: str
     return read_records(resp.text) if resp.text.strip() else []
 
 
-def load_records(path: str | Path, *, model: str | None = None) -> list[dict[str, Any]]:
+def load_records(path: str | Path, *, model: str | None = None) -> list[DecisionRecord]:
     """Read decision records from a JSON / JSONL file or a log file; keep `model`'s when given."""
     records = read_records(Path(path).expanduser().read_text())
-    return [r for r in records if model is None or r.get("model") == model]
+    return [r for r in records if model is None or r.model == model]
 
 
 def replay_records(trace_path: str | Path, config_path: str | Path | None, model: str | None, *,
                    startup_s: float = 60.0, tick_s: float | None = None,
-                   slots_per_replica: int | None = None) -> list[dict[str, Any]]:
+                   slots_per_replica: int | None = None) -> list[DecisionRecord]:
     """Replay a trace through `model`'s policy from the config file; return one record per decision.
 
     Raises ConfigError for a bad config or trace, KeyError for an unknown model.
     """
     from serve_app.autoscaling.replay import load_trace, replay
-    from serve_app.config import load_config
+    from serve_app.schema import load_config
 
     app = load_config(config_path)
     if model is None:
@@ -72,23 +71,23 @@ def replay_records(trace_path: str | Path, config_path: str | Path | None, model
     return [decision_record(d, model=model) for d in decisions]
 
 
-def summarize(records: list[dict[str, Any]]) -> str:
+def summarize(records: list[DecisionRecord]) -> str:
     """One line: decisions, scale-ups/downs, panics, replica range and replica-seconds."""
     if not records:
         return "0 decisions"
-    ups = sum(r["direction"] == "up" for r in records)
-    downs = sum(r["direction"] == "down" for r in records)
-    panics = sum(r["mode"] == "panic" for r in records)
-    targets = [r["target_replicas"] for r in records]
-    replica_s = sum(a["target_replicas"] * (b["time_s"] - a["time_s"]) for a, b in zip(records, records[1:]))
+    ups = sum(r.direction == "up" for r in records)
+    downs = sum(r.direction == "down" for r in records)
+    panics = sum(r.mode == "panic" for r in records)
+    targets = [r.target_replicas for r in records]
+    replica_s = sum(a.target_replicas * (b.time_s - a.time_s) for a, b in zip(records, records[1:]))
     return (f"{len(records)} decisions, {ups} up, {downs} down, {panics} in panic; "
             f"replicas {min(targets)}..{max(targets)}, {replica_s:.0f} replica-seconds")
 
 
-def _echo(records: list[dict[str, Any]], *, as_json: bool, why: bool, changes_only: bool) -> None:
+def _echo(records: list[DecisionRecord], *, as_json: bool, why: bool, changes_only: bool) -> None:
     if as_json:
         for r in records:
-            typer.echo(json.dumps(r, separators=(",", ":")))
+            typer.echo(r.to_json())
         return
     typer.echo(format_table(records, why=why, changes_only=changes_only))
     typer.echo(summarize(records))

@@ -33,30 +33,24 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from serve_app.config import AutoscalingConfig
+from serve_app.schema import AutoscalingConfig
+from serve_app.engines.base import Load
 
-__all__ = ["Observation", "WindowSample", "PolicyState", "Clamp", "Decision", "decide", "due"]
+__all__ = ["Observation", "WindowSample", "PolicyState", "Clamp", "Mode", "Decision", "decide", "due"]
 
 _EPS = 1e-9  # 2 * 0.35 / 0.7 must not round up to 2 replicas
 
 
-class Observation(BaseModel):
-    """What the policy sees at one instant; Serve's context or a replay trace fills it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class Observation(Load):
+    """What the policy sees at one instant: the fleet's Load (engine signals, named by the engine
+    boundary) plus the replica counts; Serve's context or a replay trace fills it."""
 
     now_s: float = Field(..., description="Time of the observation in seconds (any fixed origin).")
     current_replicas: int = Field(..., ge=0, description="Replicas running and reporting load.")
     target_replicas: int = Field(..., ge=0, description="Target in force before this decision (running + starting, normally).")
     starting_replicas: int = Field(0, ge=0, description="Replicas asked for but not running yet: capacity on the way.")
-    queued_requests: float = Field(0.0, ge=0, description="Requests queued at Serve handles, not yet inside an engine.")
-    waiting_requests: float = Field(0.0, ge=0, description="Requests waiting in the engines' schedulers, summed over replicas.")
-    running_requests: float = Field(0.0, ge=0, description="Requests the engines are running, summed over replicas.")
-    waiting_tokens: float = Field(0.0, ge=0, description="Prompt tokens of the waiting requests, summed over replicas.")
-    kv_usage: float | None = Field(None, ge=0, le=1, description="Mean KV-cache usage of running replicas (0-1); None if unknown.")
-    ttft_s: float | None = Field(None, ge=0, description="Recent time to first token in seconds; informational only.")
 
     @property
     def capacity_replicas(self) -> int:

@@ -19,32 +19,20 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from serve_app.autoscaling.policy import Decision, Observation, PolicyState, decide, due
-from serve_app.config import AutoscalingConfig
+from serve_app.schema import AutoscalingConfig
+from serve_app.engines.base import Load
 from serve_app.errors import ConfigError
 
 __all__ = ["TracePoint", "load_trace", "parse_trace", "replay"]
 
 
-class TracePoint(BaseModel):
-    """Load at one instant of a trace, summed over the fleet."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class TracePoint(Load):
+    """Load at one instant of a trace, summed over the fleet (the fields of Load, plus its time)."""
 
     t_s: float = Field(..., description="Seconds since the start of the trace.")
-    queued_requests: float = Field(0.0, ge=0, description="Requests queued at Serve handles.")
-    waiting_requests: float = Field(0.0, ge=0, description="Requests waiting in the engines.")
-    running_requests: float = Field(0.0, ge=0, description="Requests the engines were running.")
-    waiting_tokens: float = Field(0.0, ge=0, description="Prompt tokens of the waiting requests.")
-    kv_usage: float | None = Field(None, ge=0, le=1, description="Mean KV-cache usage (0-1), if recorded.")
-    ttft_s: float | None = Field(None, ge=0, description="Time to first token in seconds, if recorded.")
-
-    @property
-    def in_flight_requests(self) -> float:
-        """All requests in the system at this instant."""
-        return self.queued_requests + self.waiting_requests + self.running_requests
 
 
 def load_trace(path: str | Path) -> tuple[TracePoint, ...]:
@@ -153,10 +141,7 @@ def _observe(
     if ready == 0:
         return Observation(**common, queued_requests=pt.in_flight_requests)
     if slots is None:
-        return Observation(
-            **common, queued_requests=pt.queued_requests, waiting_requests=pt.waiting_requests,
-            running_requests=pt.running_requests, waiting_tokens=pt.waiting_tokens, kv_usage=pt.kv_usage,
-        )
+        return Observation(**{**pt.load().model_dump(), **common})  # the trace's load as recorded
     demand = pt.in_flight_requests
     running = min(demand, ready * slots)
     waiting = demand - running

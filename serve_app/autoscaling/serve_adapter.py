@@ -15,7 +15,8 @@ Wiring, in the deployment builder:
                                                         ▲
     ingress GET /-/autoscaler/{model} ──► await fetch_history(model)
 
-Replicas report the engine's load from `record_autoscaling_stats()` under the METRIC_* names below.
+Replicas report the engine's load from `record_autoscaling_stats()` as `engine_<signal>` custom
+metrics; the names come from the engine boundary (serve_app.engines.base), never spelled here.
 Serve averages each over `look_back_period_s` per replica; the adapter sums counts over replicas
 and averages KV usage and TTFT. Without those metrics the backlog is Serve's handle queue only.
 
@@ -28,13 +29,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import ray
 
-from serve_app.autoscaling.audit import AuditLog
+from serve_app.autoscaling.audit import AuditLog, DecisionRecord
 from serve_app.autoscaling.policy import Observation, PolicyState, decide, due
-from serve_app.config import AutoscalingConfig
+from serve_app.schema import AutoscalingConfig
+from serve_app.engines.base import (
+    KV_USAGE, METRIC_PREFIX, RUNNING_REQUESTS, TTFT_S, WAITING_REQUESTS, WAITING_TOKENS, metric_name, signal_of_metric,
+)
 
 if TYPE_CHECKING:
     from ray.serve.config import AutoscalingContext
@@ -51,11 +56,12 @@ STATE_KEY = "fleetserve"  # our typed state, serialized, inside Serve's policy_s
 AUDIT_ACTOR_NAME = "fleetserve-autoscaler-audit"
 AUDIT_NAMESPACE = "fleetserve"
 
-METRIC_WAITING = "engine_waiting"  # requests waiting in the engine's scheduler
-METRIC_RUNNING = "engine_running"  # requests the engine is running
-METRIC_WAITING_TOKENS = "engine_waiting_tokens"  # prompt tokens of the waiting requests
-METRIC_KV_USAGE = "engine_kv_usage"  # KV-cache usage, 0-1
-METRIC_TTFT_S = "engine_ttft_s"  # recent time to first token, seconds
+# The custom-metric names, built from the engine boundary's signal names (kept for callers and tests).
+METRIC_WAITING = metric_name(WAITING_REQUESTS)
+METRIC_RUNNING = metric_name(RUNNING_REQUESTS)
+METRIC_WAITING_TOKENS = metric_name(WAITING_TOKENS)
+METRIC_KV_USAGE = metric_name(KV_USAGE)
+METRIC_TTFT_S = metric_name(TTFT_S)
 
 # A child of Serve's logger: in the controller its handlers write the controller log (and stream
 # to the driver); a logger of our own would have no handler there and drop every line.
@@ -121,6 +127,7 @@ def deployment_scaling_options(cfg: AutoscalingConfig, *, model: str) -> dict[st
 def observation_from_context(ctx: "AutoscalingContext", *, now_s: float | None = None) -> Observation:
     """Translate Serve's AutoscalingContext into the policy's Observation."""
     metrics = ctx.aggregated_metrics or {}
+    _check_metric_names(metrics)
 
     def values(name: str) -> list[float]:
         return [float(v) for v in (metrics.get(name) or {}).values() if v is not None]
@@ -144,6 +151,21 @@ def observation_from_context(ctx: "AutoscalingContext", *, now_s: float | None =
         kv_usage=min(1.0, max(0.0, sum(kv) / len(kv))) if kv else None,
         ttft_s=max(0.0, sum(ttft) / len(ttft)) if ttft else None,
     )
+
+
+_warned_names: set[str] = set()
+
+
+def _check_metric_names(metrics: dict[str, Any]) -> None:
+    """Say so, once per name, when replicas report an `engine_*` metric this adapter does not read.
+
+    Without this a renamed signal would leave the policy on Serve's request counts with no trace.
+    """
+    for name in metrics:
+        if name.startswith(METRIC_PREFIX) and signal_of_metric(name) is None and name not in _warned_names:
+            _warned_names.add(name)
+            _log.warning("autoscaler: replicas report %r, which is no engine signal of serve_app.engines.base "
+                         "(renamed on one side?); the policy ignores it", name)
 
 
 class QueueDepthPolicy:
@@ -174,19 +196,20 @@ class QueueDepthPolicy:
         policy_state[STATE_KEY] = decision.state.to_dict()
         return decision.target_replicas, policy_state
 
-    def _publish_record(self, rec: dict[str, Any]) -> None:
+    def _publish_record(self, rec: DecisionRecord) -> None:
         # The audit trail must never stop scaling: report the first failure, then keep going.
         try:
             self._set_gauges(rec)
             if self._store is None:
                 self._store = audit_store()
-            self._store.record.remote(self.model, rec, self.config.history_size)
+            # The store serves JSON over HTTP: the record is serialized here, at that edge.
+            self._store.record.remote(self.model, rec.to_json_dict(), self.config.history_size)
         except Exception as e:  # noqa: BLE001 - any Ray/metrics failure
             if not self._publish_failed:
                 _log.warning("autoscaler audit publish failed for %s (decisions still apply): %r", self.model, e)
                 self._publish_failed = True
 
-    def _set_gauges(self, rec: dict[str, Any]) -> None:
+    def _set_gauges(self, rec: DecisionRecord) -> None:
         from ray.util.metrics import Gauge
 
         if self._gauges is None:
@@ -199,31 +222,31 @@ class QueueDepthPolicy:
                 "clamps": Gauge("fleetserve_autoscaler_clamps", "Clamps applied to the last decision.", keys),
             }
         tags = {"model": self.model}
-        self._gauges["target_replicas"].set(rec["target_replicas"], tags)
-        self._gauges["raw_desired"].set(rec["raw_desired"], tags)
-        self._gauges["backlog"].set(rec["backlog"], tags)
-        self._gauges["panic"].set(1 if rec["mode"] != "normal" else 0, tags)
-        self._gauges["clamps"].set(len(rec["clamps"]), tags)
+        self._gauges["target_replicas"].set(rec.target_replicas, tags)
+        self._gauges["raw_desired"].set(rec.raw_desired, tags)
+        self._gauges["backlog"].set(rec.backlog, tags)
+        self._gauges["panic"].set(1 if rec.mode != "normal" else 0, tags)
+        self._gauges["clamps"].set(len(rec.clamps), tags)
 
 
 class _AuditStore:
-    """Detached actor holding each model's recent decisions, so any replica can serve them."""
+    """Detached actor holding each model's recent decisions as JSON, so any replica can serve them."""
 
     def __init__(self) -> None:
-        self._logs: dict[str, AuditLog] = {}
+        self._logs: dict[str, deque[dict[str, Any]]] = {}
 
     def record(self, model: str, rec: dict[str, Any], size: int) -> None:
         log = self._logs.get(model)
-        if log is None or log.size != size:
-            old = log.history() if log else []
-            log = self._logs[model] = AuditLog(model, size=size)
-            for r in old[-size:]:
-                log.add(r)
-        log.add(rec)
+        if log is None or log.maxlen != size:
+            log = self._logs[model] = deque(log or (), maxlen=size)
+        log.append(rec)
 
     def history(self, model: str, last: int | None = None) -> dict[str, Any] | None:
         log = self._logs.get(model)
-        return log.to_dict(last) if log is not None else None
+        if log is None:
+            return None
+        records = list(log)[-last:] if last else list(log)
+        return {"model": model, "history_size": log.maxlen, "count": len(records), "decisions": records}
 
     def models(self) -> list[str]:
         return sorted(self._logs)

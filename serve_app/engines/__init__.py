@@ -1,5 +1,5 @@
 """Engines behind a model replica. Only vllm_engine imports vllm; import it lazily."""
 
-from serve_app.engines.base import Engine, EngineStats
+from serve_app.engines.base import SIGNALS, Engine, EngineStats, Load, metric_name
 
-__all__ = ["Engine", "EngineStats"]
+__all__ = ["Engine", "EngineStats", "Load", "SIGNALS", "metric_name"]

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from serve_app.config._sim import SimEngineConfig
+from serve_app.schema import SimEngineConfig
 from serve_app.engines.base import EngineStats
 from serve_app.ingress.http import openai_error
 
@@ -67,11 +67,11 @@ class _Scheduler:
 
     def stats(self) -> EngineStats:
         return EngineStats(
-            waiting=len(self.waiting),
-            running=len(self.running),
-            waiting_prompt_tokens=sum(s.prompt_tokens for s in self.waiting),
-            kv_cache_usage=self.kv_used / self.cfg.kv_capacity_tokens,
-            recent_ttft_s=self.ttft,
+            waiting_requests=len(self.waiting),
+            running_requests=len(self.running),
+            waiting_tokens=sum(s.prompt_tokens for s in self.waiting),
+            kv_usage=self.kv_used / self.cfg.kv_capacity_tokens,
+            ttft_s=self.ttft,
         )
 
     async def _loop(self) -> None:

@@ -19,7 +19,7 @@ import threading
 from argparse import Namespace
 from typing import Any
 
-from serve_app.config import ModelConfig, Parallelism
+from serve_app.schema import ModelConfig, Parallelism
 from serve_app.engines.base import EngineStats
 from serve_app.errors import EngineError
 
@@ -92,22 +92,22 @@ class _QueueStats:
     def update(self, scheduler_stats, iteration_stats) -> None:
         with self._lock:
             s = self._stats
-            ttft = s.recent_ttft_s
+            ttft = s.ttft_s
             if iteration_stats is not None:
                 for t in iteration_stats.time_to_first_tokens_iter:
                     ttft = t if ttft == 0.0 else (1 - _TTFT_EWMA) * ttft + _TTFT_EWMA * t
             if scheduler_stats is not None:
                 s = dataclasses.replace(
                     s,
-                    waiting=scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs,
-                    running=scheduler_stats.num_running_reqs,
-                    kv_cache_usage=float(scheduler_stats.kv_cache_usage),
+                    waiting_requests=scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs,
+                    running_requests=scheduler_stats.num_running_reqs,
+                    kv_usage=float(scheduler_stats.kv_cache_usage),
                 )
-            self._stats = dataclasses.replace(s, recent_ttft_s=ttft)
+            self._stats = dataclasses.replace(s, ttft_s=ttft)
 
     def snapshot(self) -> EngineStats:
         with self._lock:
-            return dataclasses.replace(self._stats, waiting_prompt_tokens=sum(self._pending_prompt_tokens.values()))
+            return dataclasses.replace(self._stats, waiting_tokens=sum(self._pending_prompt_tokens.values()))
 
 
 def _prompt_len(prompt) -> int:

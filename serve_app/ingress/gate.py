@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
-from serve_app.config import AppConfig, KeyLimits
+from serve_app.schema import AppConfig, KeyLimits
 from serve_app.ingress.keys import KeyLimiter, KeySet
 
 __all__ = ["Gate", "GateSpec", "OPENAI_ROUTES", "ROUTER_ROUTES", "call_json_safe", "json_error_messages", "retry_after",

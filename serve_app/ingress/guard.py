@@ -19,7 +19,7 @@ import json
 import logging
 from typing import Any, Callable
 
-from serve_app.config import ModelLimits
+from serve_app.schema import ModelLimits
 from serve_app.ingress.gate import Receive, Send, call_json_safe, json_error_messages, retry_after
 
 __all__ = ["EngineGuard", "RETRY_HEADER", "GENERATION_PATHS"]

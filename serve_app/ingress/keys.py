@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve_app.config import KeyLimits
+from serve_app.schema import KeyLimits
 
 __all__ = ["KeySet", "KeyLimiter", "Verdict", "split_keys"]
 

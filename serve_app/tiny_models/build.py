@@ -15,7 +15,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-from serve_app.config import TINY_SPECS, tiny_model_dir
+from serve_app.schema import TINY_SPECS, tiny_model_dir
 
 __all__ = ["build_tiny_model", "ensure_tiny_model", "CHAT_TEMPLATE"]
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from serve_app.config._base import Frozen
+from serve_app.schema._base import Frozen
 from serve_app.errors import FieldError
 
 __all__ = ["AutoscalingConfig", "DEFAULT_IDLE_TIMEOUT_S"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from serve_app.config._base import Frozen
+from serve_app.schema._base import Frozen
 
 __all__ = ["SimEngineConfig"]
 

@@ -6,14 +6,14 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from serve_app.config._accelerators import Accelerators
-from serve_app.config._autoscaling import AutoscalingConfig
-from serve_app.config._base import Frozen
-from serve_app.config._guard import KeyLimits, ModelLimits, RouteConfig
-from serve_app.config._kubernetes import KubernetesConfig
-from serve_app.config._sim import SimEngineConfig
-from serve_app.config._shape import ModelShape, shape_of_source
-from serve_app.config._tiny import TINY_PREFIX, TINY_SPECS
+from serve_app.schema._accelerators import Accelerators
+from serve_app.schema._autoscaling import AutoscalingConfig
+from serve_app.schema._base import Frozen
+from serve_app.schema._guard import KeyLimits, ModelLimits, RouteConfig
+from serve_app.schema._kubernetes import KubernetesConfig
+from serve_app.schema._sim import SimEngineConfig
+from serve_app.schema._shape import ModelShape, shape_of_source
+from serve_app.schema._tiny import TINY_PREFIX, TINY_SPECS
 from serve_app.errors import FieldError
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "Parallelism",
     "Placement",
     "TelemetryConfig",
+    "LocalRayConfig",
     "RESERVED_ENGINE_ARGS",
 ]
 

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve_app.config._tiny import TINY_PREFIX, TINY_SPECS, tiny_model_dir
+from serve_app.schema._tiny import TINY_PREFIX, TINY_SPECS, tiny_model_dir
 
 __all__ = ["ModelShape", "shape_of_source", "resolve_local_dir", "is_local_source"]
 

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from serve_app.config._base import Frozen
+from serve_app.schema._base import Frozen
 from serve_app.errors import FieldError
 
 __all__ = ["AcceleratorNodes", "ApiKeysSecret", "HfTokenSecret", "KubernetesConfig", "ModelCache", "Toleration"]

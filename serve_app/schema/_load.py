@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import yaml
 from pydantic import ValidationError
 
-from serve_app.config._schema import AppConfig
+from serve_app.schema._schema import AppConfig
 from serve_app.errors import ConfigError, FieldError
 
 __all__ = ["load_config", "parse_config", "DEFAULT_CONFIG_PATH", "CONFIG_ENV_VAR"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from serve_app.config._base import Frozen
+from serve_app.schema._base import Frozen
 
 __all__ = ["KeyLimits", "ModelLimits", "RouteConfig", "DEFAULT_PUBLIC_ROUTES"]
 
