@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from serve_app.config import TINY_PREFIX, resolve_local_dir
+from serve_app.schema import TINY_PREFIX, resolve_local_dir
 
 __all__ = ["SourceStatus", "source_status"]
 
