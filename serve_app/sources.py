@@ -24,6 +24,7 @@ class SourceStatus:
 
     ok: bool
     note: str
+    needs_network: bool = False  # a hub id not cached here: replicas must download it
 
 
 def _offline() -> bool:
@@ -51,7 +52,8 @@ def source_status(source: str, *, network: bool) -> SourceStatus:
         return SourceStatus(True, f"hub id in the local Hugging Face cache ({os.path.dirname(cached)})")
     if not network:
         return SourceStatus(True, "hub id not in the local Hugging Face cache: replicas download it, so they need "
-                                  "network access to huggingface.co (or pre-download with `huggingface-cli download`)")
+                                  "network access to huggingface.co (or pre-download with `huggingface-cli download`)",
+                            needs_network=True)
     if _offline():
         return SourceStatus(False, f"hub id {source!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
                                    "download it first (`huggingface-cli download ...`) or give a local directory")
@@ -63,4 +65,4 @@ def source_status(source: str, *, network: bool) -> SourceStatus:
         return SourceStatus(False, f"hub id {source!r} is not in the local Hugging Face cache and the hub did not answer "
                                    f"({type(e).__name__}: {str(e)[:200]}); give a local directory, pre-download it, "
                                    "or check network access and HF_TOKEN")
-    return SourceStatus(True, "hub id reachable on the hub (not cached: replicas download it)")
+    return SourceStatus(True, "hub id reachable on the hub (not cached: replicas download it)", needs_network=True)
