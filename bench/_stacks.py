@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cluster.ray_env import free_local_port as free_port
 
 __all__ = ["EngineSettings", "StackSpec", "STACK_KEYS", "build_stack", "base_env"]
 
@@ -68,13 +69,6 @@ class StackSpec:
     url: str | None  # known before start; None: the driver prints "READY <url>"
     time_batched_ms: float = 0.0  # the server groups streamed tokens every N ms by design
     notes: tuple[str, ...] = field(default_factory=tuple)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def base_env(settings: EngineSettings) -> dict[str, str]:

@@ -93,15 +93,16 @@ class _Poller(threading.Thread):
         self._halt = threading.Event()
 
     def run(self) -> None:
-        from ray.serve.context import _get_global_client
+        from ray import serve
 
-        client = _get_global_client()
         while not self._halt.is_set():
             try:
-                dep = client.get_serve_details()["applications"]["burst"]["deployments"][f"model-{MODEL}"]
-                states = [r["state"] for r in dep["replicas"]]
-                self.samples.append((time.time(), int(dep["target_num_replicas"]),
-                                     sum(s in _STATES_HOLDING for s in states), states.count("RUNNING")))
+                dep = serve.status().applications["burst"].deployments[f"model-{MODEL}"]
+                states = {str(getattr(k, "value", k)): n for k, n in dep.replica_states.items()}
+                holding = sum(n for k, n in states.items() if k in _STATES_HOLDING)
+                # Serve's public status has no target count: the replicas not stopping stand in for it
+                # (a new target shows as soon as its replicas are created, STARTING).
+                self.samples.append((time.time(), holding - states.get("STOPPING", 0), holding, states.get("RUNNING", 0)))
             except KeyError:
                 pass  # app not listed yet / any more
             self._halt.wait(self.interval_s)
@@ -126,13 +127,14 @@ def run_variant(variant: Variant, *, url: str, port: int, out: Path, plan, settl
     import httpx
     from ray import serve
 
+    from cluster.ray_cluster import deploy
     from loadtest import run
     from serve_app.app import build_application
     from serve_app.schema import parse_config
 
     cfg = parse_config(_model_config(variant.autoscaling, port, max_ongoing))
     load_start = os.getloadavg()[0]
-    serve.run(build_application(cfg), name="burst", route_prefix="/")
+    deploy(build_application(cfg), name="burst")
     poller = _Poller()
     poller.start()
     try:
@@ -215,9 +217,6 @@ def main(argv: list[str] | None = None) -> int:
                          "Serve's handle, where a new replica can take them (the app's default is 256).")
     args = ap.parse_args(argv)
 
-    import ray
-    from ray import serve
-
     from loadtest import build_plan
 
     # One spike: 2 users, 20 users from 10 s to 35 s, 2 users to 45 s; 64-token prompts, 16 tokens out.
@@ -230,17 +229,20 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    import socket
+    from cluster.ray_env import free_local_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_local_port()
     url = f"http://127.0.0.1:{port}"
-    # address="local": a Ray of our own, even when another one on this machine is the "current" cluster.
-    ray.init(address="local", num_cpus=8, namespace="serve", include_dashboard=False, log_to_driver=False)
+    # A Ray of our own (cluster.ray_cluster: address="local"), as these figures were measured: Serve's
+    # default HTTP path (no fast-path env), no dashboard, 8 logical CPUs.
+    from cluster.ray_cluster import ensure_ray, start_serve
+    from serve_app.schema import parse_config
+
+    lifecycle = parse_config({**_model_config({}, port, args.max_ongoing), "http": {"port": port, "fast_path": False}})
+    session = ensure_ray(lifecycle, address="local", init_kwargs={"num_cpus": 8, "log_to_driver": False})
     outcomes: list[Outcome] = []
     try:
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        start_serve(host="127.0.0.1", port=port)
         for rnd in range(args.rounds):
             for v in variants:
                 label = v.label if args.rounds == 1 else f"{v.label}-r{rnd + 1}"
@@ -251,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{o.scale_ups} up / {o.scale_downs} down, targets {o.targets}, load {o.load_1m}", flush=True)
                 outcomes.append(o)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        session.close()
     shown = outcomes if args.rounds == 1 else [_mean([o for o in outcomes if o.label.rsplit("-r", 1)[0] == v.label], v.label)
                                                for v in variants]
     print()

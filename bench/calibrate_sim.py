@@ -37,6 +37,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cluster.ray_env import CPU_ENGINE_ENV
+
 MODEL = "tiny-dense"
 PROMPT_LENS = (32, 256, 768)
 BATCHES = (1, 8, 32)
@@ -45,7 +47,7 @@ DECODE_TOKENS = 96
 REPEATS = 3  # each engine measured this many times; best of (see best_of)
 MIXED = {"users": 16, "requests_per_user": 3, "prompt_tokens": 128, "max_tokens": 64}  # held out of the fit
 # What the app gives a CPU replica (serve_app.app), so the engine runs as it does in a replica.
-_REPLICA_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+_REPLICA_ENV = CPU_ENGINE_ENV
 
 
 @dataclass

@@ -7,37 +7,32 @@ the config's fast-path environment), plus what a benchmark needs:
   direct ingress without HAProxy;
 - `--experiment` changes one thing, to measure what it costs: every other argument of
   ensure_ray's `ray.init` stays as shipped.
-SIGTERM/SIGINT: `serve.shutdown()` and `ray.shutdown()`.
+SIGTERM/SIGINT: the session's close (Serve and Ray stopped).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import signal
 import threading
-import time
 
 from bench._experiments import EXPERIMENTS, apply_in_driver, ray_init_kwargs
 
 
-def _ingress_url(app_name: str, fallback: str, *, timeout_s: float = 30.0) -> str:
-    """Return the HTTP address of `app_name`'s ingress as Serve's controller routes it."""
-    import ray
-    from ray.serve._private.common import RequestProtocol
-    from ray.serve.context import _get_global_client
+def _ingress_url(config, fallback: str, *, timeout_s: float = 30.0) -> str:
+    """Return where the app answers HTTP: the config's port (HAProxy or Serve's proxy), else a replica's own port.
 
-    controller = _get_global_client()._controller
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        groups = ray.get(controller.get_target_groups.remote(app_name))
-        for g in groups:
-            if g.protocol == RequestProtocol.HTTP and g.targets:
-                t = g.targets[0]
-                host = "127.0.0.1" if t.ip in ("0.0.0.0", "::") else t.ip
-                return f"http://{host}:{t.port}"
-        time.sleep(0.5)
-    return fallback
+    Probed over public HTTP (no controller internals): under direct ingress without HAProxy the
+    replica listens in this instance's direct-ingress port block (cluster.ray_env).
+    """
+    import os
+
+    from cluster.ray_cluster import probe_url
+
+    low = os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT")
+    high = os.environ.get("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT")
+    candidates = [fallback] + ([f"http://127.0.0.1:{p}" for p in range(int(low), int(high))] if low and high else [])
+    return probe_url(candidates, timeout_s=timeout_s) or fallback
 
 
 def main() -> None:
@@ -48,25 +43,21 @@ def main() -> None:
                     help="Turn one piece of the request path off to measure it (bench._experiments); repeatable.")
     args = ap.parse_args()
 
-    import ray
-    from ray import serve
-
-    from serve_app.schema import load_config
+    from cluster.ray_cluster import ensure_ray
     from serve_app.launch import deploy
+    from serve_app.schema import load_config
 
     config = load_config(args.config)
     apply_in_driver(args.experiment)
-    extra = ray_init_kwargs(args.experiment)
-    if extra:  # add to the ray.init that ensure_ray makes, leaving its own arguments as shipped
-        ray.init = functools.partial(ray.init, **extra)
+    # ensure_ray's own ray.init arguments stay as shipped; an experiment only adds to them.
+    session = ensure_ray(config, init_kwargs=ray_init_kwargs(args.experiment))
     url = deploy(config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
         signal.signal(sig, lambda *_: stop.set())
-    print(f"READY {_ingress_url(config.name, url)}", flush=True)
+    print(f"READY {_ingress_url(config, url)}", flush=True)
     stop.wait()
-    serve.shutdown()
-    ray.shutdown()
+    session.close(stop_serve=True)
 
 
 if __name__ == "__main__":

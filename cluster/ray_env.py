@@ -9,7 +9,11 @@ import socket
 
 from serve_app.schema import AppConfig
 
-__all__ = ["fast_path_env", "free_local_port", "haproxy_ports_env", "local_fast_path_env", "claim_port_block"]
+__all__ = ["CPU_ENGINE_ENV", "fast_path_env", "free_local_port", "haproxy_ports_env", "local_fast_path_env", "claim_port_block"]
+
+# vLLM on the CPU fails at start without these (see README "CPU stack"); a model's `env` overrides
+# them. The app sets them on CPU replicas; bench/ starts its raw-vLLM peers with the same.
+CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 
 # Where a Ray started on this machine puts its replicas' own HTTP/gRPC ports. Serve's default
 # range (30000-31000) and fallback-proxy port (8500) are the same for every Serve on a machine,

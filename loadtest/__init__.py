@@ -32,7 +32,7 @@ from loadtest.runner import collect_results, run, write_results
 from loadtest.report import ReportFiles, table_lines, write_report
 from loadtest.shapes import ConstantShape, PoissonShape, SpikeShape, StepShape, TraceShape, plan_tick
 from loadtest.strategies import Strategy, apply_strategy, cpu_refusal, parse_strategy
-from loadtest.sweep import plan_sweep, ray_session, run_sweep
+from loadtest.sweep import plan_sweep, run_sweep
 from loadtest.sweep_results import (
     SWEEP_SCHEMA_VERSION,
     Goodput,
@@ -55,7 +55,7 @@ __all__ = [
     "poisson_times", "load_trace", "TraceRow", "ArrivalCursor", "LLMRequest", "Workload",
     "RunResults", "MetricStats", "RequestRecord", "TimelinePoint", "SCHEMA_VERSION", "METRICS",
     "load_results", "read_requests", "replay_trace", "run", "collect_results", "write_results", "LoadTestError",
-    "Strategy", "parse_strategy", "apply_strategy", "cpu_refusal", "plan_sweep", "run_sweep", "ray_session",
+    "Strategy", "parse_strategy", "apply_strategy", "cpu_refusal", "plan_sweep", "run_sweep",
     "SweepResults", "StrategyResult", "StepResult", "Ladder", "Slo", "Goodput", "SWEEP_SCHEMA_VERSION", "goodput",
     "load_sweep", "write_sweep", "with_slo", "write_report", "table_lines", "ReportFiles",
 ]

@@ -164,7 +164,8 @@ def sweep_command(
 ) -> None:
     """Deploy each strategy on Ray Serve, run the ladder against it, tear it down; write sweep.json and the report."""
     from loadtest.report import table_lines, write_report
-    from loadtest.sweep import plan_sweep, ray_session, run_sweep
+    from cluster.ray_cluster import ray_session
+    from loadtest.sweep import plan_sweep, run_sweep
     from loadtest.sweep_results import Ladder, Slo
     from serve_app.schema import load_config
     from serve_app.errors import ConfigError
@@ -184,13 +185,13 @@ def sweep_command(
         target = host or _default_host(cfg, address)
         if not (address or os.environ.get("RAY_ADDRESS")):
             _check_port_free(target)
-        need = max(c.models[0].parallelism.world_size * c.models[0].autoscaling.max_replicas for _, c in planned) + 2
-        from cluster.ray_env import local_fast_path_env
-
-        with ray_session(address=address, local_nodes=local_nodes, cpus_per_node=cpus_per_node, min_cpus=need,
-                         env=local_fast_path_env(cfg)) as label:
+        # One lifecycle with fleetserve serve: fast-path env, local_ray.dashboard, sized for the largest strategy.
+        if local_nodes and (address or os.environ.get("RAY_ADDRESS")):
+            raise LoadTestError("--local-nodes starts a cluster here; it cannot be combined with --address/$RAY_ADDRESS")
+        with ray_session(cfg, address=address, local_nodes=local_nodes, cpus_per_node=cpus_per_node,
+                         size_for=[c for _, c in planned]) as session:
             sweep = run_sweep(cfg, [s for s, _ in planned], out_dir=out, host=target, ladder=ladder, model=model,
-                              slo=slo, address=label, seed=seed, progress=typer.echo,
+                              slo=slo, address=session.label, seed=seed, progress=typer.echo,
                               ready_timeout_s=parse_duration(ready_timeout, field="--ready-timeout") or 900.0)
     except (LoadTestError, ConfigError) as e:
         typer.echo(f"error: {e}", err=True)

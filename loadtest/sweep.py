@@ -3,15 +3,16 @@
     config + ["tp1", "tp2", "pp2:enforce_eager=false"]
       └─ plan_sweep: every strategy parsed, applied, re-validated, checked runnable ── before any deploy
     per strategy:
-      build_application(cfg) ──► serve._run(app, name, route_prefix="/") ──► poll serve.status() to RUNNING
+      layout_for(model) ──► build_application(cfg) ──► ray_cluster.deploy(app, wait=False) ──► poll serve.status()
         (deadline) ──► read the app's placement groups from Ray ──► warm-up requests over HTTP
         ──► ladder: loadtest.run(host, constant(users=c) | poisson(rate=r)) per step, in subprocesses
         ──► serve.delete(app) ──► poll Ray until the app's placement groups are gone (deadline)
       sweep.json rewritten after every strategy (a crash keeps what was measured)
 
-Deploys go through Serve's Python API on whatever Ray this process is connected to: a local
-Ray, a local multi-node `ray.cluster_utils.Cluster`, `ray.init(address="host:6379")` from a
-cluster node, or Ray Client (`ray://head:10001`) from a laptop. Locust is never imported here
+Deploys go through Serve's public Python API (cluster.ray_cluster) on whatever Ray this process
+is connected to: a local Ray or local multi-node cluster started by `cluster.ray_cluster.ray_session`
+(the CLI's), `ray.init(address="host:6379")` from a cluster node, or Ray Client (`ray://head:10001`)
+from a laptop. Locust is never imported here
 (loadtest.run starts it in subprocesses); ray and serve_app.app are imported inside functions
 so `import loadtest` stays light.
 """
@@ -24,7 +25,7 @@ import platform
 import socket
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 from urllib.parse import urlsplit
 
 from loadtest.errors import LoadTestError
@@ -32,14 +33,13 @@ from loadtest.plan import build_plan
 from loadtest.results import read_requests
 from loadtest.strategies import Strategy, apply_strategy, cpu_refusal, parse_strategy, select_model
 from loadtest.sweep_results import (
-    ClusterInfo, Ladder, Layout, NodeInfo, PlacementGroupSeen, Slo, StrategyResult, SweepResults, step_result,
+    ClusterInfo, Ladder, NodeInfo, PlacementGroupSeen, Slo, StrategyLayout, StrategyResult, SweepResults, step_result,
     write_sweep,
 )
-from cluster.ray_env import free_local_port
 from serve_app.schema import AppConfig
 from serve_app.errors import ConfigError
 
-__all__ = ["plan_sweep", "run_sweep", "ray_session", "cluster_info", "app_placement_groups", "SWEEP_NOTE"]
+__all__ = ["plan_sweep", "run_sweep", "cluster_info", "app_placement_groups", "SWEEP_NOTE"]
 
 SWEEP_NOTE = ("the locust load generator ran on a machine that is also a Ray node of the cluster (see "
               "cluster.load_generator): it competes with the engines for CPU, most on a small box")
@@ -115,23 +115,22 @@ def _sweep_one(strategy: Strategy, cfg: AppConfig, *, out: Path, host: str, ladd
                ready_timeout_s: float, teardown_timeout_s: float, seed: int, say: Callable[[str], None]) -> StrategyResult:
     from ray import serve
 
+    from cluster import ray_cluster
     from serve_app.app import build_application, layout_for
 
     m = cfg.models[0]
     result = StrategyResult(name=strategy.name, slug=strategy.slug)
     deployed = False
     try:
-        lay = layout_for(m, extra_accelerators=cfg.accelerators)
-        layout = Layout(tensor=lay.parallelism.tensor, pipeline=lay.parallelism.pipeline, expert=lay.parallelism.expert,
-                        replicas=m.autoscaling.min_replicas, bundles=lay.bundles, placement_strategy=lay.strategy,
-                        executor=lay.executor, engine_args=dict(m.engine_args))
+        lay = layout_for(m, extra_accelerators=cfg.accelerators, where="models[0]")
+        layout = StrategyLayout.from_layout(lay, replicas=m.autoscaling.min_replicas, engine_args=dict(m.engine_args))
         result = result.model_copy(update={"layout": layout})
         say(f"[sweep] {strategy.name}: {layout.short()}, executor {layout.executor}")
         t0 = time.monotonic()
         application = build_application(cfg)  # probes the placement group with a deadline first
         deployed = True  # from here on, delete whatever part of the app exists (deleting none is a no-op)
-        # serve.run would wait for RUNNING with no deadline; _run(_blocking=False) returns once submitted.
-        serve._run(application, name=app, route_prefix="/", _blocking=False)
+        # serve.run would wait for RUNNING with no deadline: submit, then poll with ours.
+        ray_cluster.deploy(application, name=app, wait=False)
         _wait_running(app, deadline=t0 + ready_timeout_s)
         groups = app_placement_groups(app)
         result = result.model_copy(update={"placement_groups": groups})
@@ -189,13 +188,13 @@ def _ms(v: float | None) -> str:
 
 def _ensure_serve(host: str) -> None:
     """Start Serve with its proxy where `host` points (a no-op, with Serve's warning, when it already runs)."""
-    from ray import serve
+    from cluster.ray_cluster import start_serve
 
     u = urlsplit(host)
     if not u.hostname or not u.port:
         raise LoadTestError(f"host {host!r} needs a scheme, host and port, e.g. http://127.0.0.1:8000")
     local = u.hostname in ("127.0.0.1", "localhost")
-    serve.start(http_options={"host": "127.0.0.1" if local else "0.0.0.0", "port": u.port}, proxy_location="HeadOnly")
+    start_serve(host="127.0.0.1" if local else "0.0.0.0", port=u.port)
 
 
 def _wait_running(app: str, *, deadline: float) -> None:
@@ -287,55 +286,3 @@ def cluster_info(address: str) -> ClusterInfo:
         nodes.append(NodeInfo(node_id=n["NodeID"][:12], resources=res))
     gen = f"{platform.node()}: {os.cpu_count()} CPUs, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
     return ClusterInfo(address=address, ray_version=ray.__version__, nodes=tuple(nodes), load_generator=gen)
-
-
-@contextlib.contextmanager
-def ray_session(*, address: str | None, local_nodes: int = 0, cpus_per_node: float = 2, min_cpus: float = 1,
-                namespace: str = "serve", env: dict[str, str] | None = None) -> Iterator[str]:
-    """Connect to `address` (or $RAY_ADDRESS), or start a local Ray; yield the address label; stop what was started.
-
-    `local_nodes` > 0 starts a local multi-node cluster (`ray.cluster_utils.Cluster`: a head and
-    local_nodes - 1 workers, `cpus_per_node` logical CPUs each) to try multi-node layouts on one
-    machine. A single local Ray gets at least `min_cpus` logical CPUs (e.g. the largest
-    strategy's bundles plus room for Serve). A connected cluster is only disconnected from, never stopped.
-    `env` (e.g. cluster.ray_env.local_fast_path_env) is set for the Ray processes started here.
-    """
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized():
-        yield address or "connected"
-        return
-    cluster = None
-    if not address:
-        for key, value in (env or {}).items():
-            os.environ.setdefault(key, value)  # inherited by the Ray processes started below
-    if address:
-        if local_nodes:
-            raise LoadTestError("--local-nodes starts a cluster here; it cannot be combined with --address/$RAY_ADDRESS")
-        ray.init(address=address, namespace=namespace)
-        label = address
-    elif local_nodes:
-        from ray.cluster_utils import Cluster
-
-        # A free dashboard port: the default 8265 may belong to another Ray on this machine.
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus_per_node, "dashboard_port": free_local_port()})
-        for _ in range(local_nodes - 1):
-            cluster.add_node(num_cpus=cpus_per_node)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, namespace=namespace)
-        label = f"local cluster: {local_nodes} nodes x {cpus_per_node:g} CPUs"
-    else:
-        # Logical CPUs: vLLM's CPU workers pin their own threads, Ray's count is bookkeeping.
-        ray.init(address="local", num_cpus=int(max(os.cpu_count() or 1, min_cpus)), namespace=namespace)
-        label = "local"
-    try:
-        yield label
-    finally:
-        if not address:
-            from ray import serve
-
-            serve.shutdown()
-        ray.shutdown()
-        if cluster is not None:
-            cluster.shutdown()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Any, Iterable, Literal
 
 from pydantic import Field, ValidationError
 
@@ -25,7 +25,7 @@ from loadtest.results import MetricStats, RequestRecord, RunResults, read_reques
 from serve_app.schema import Frozen
 
 __all__ = [
-    "SWEEP_SCHEMA_VERSION", "SweepResults", "StrategyResult", "StepResult", "Layout", "PlacementGroupSeen",
+    "SWEEP_SCHEMA_VERSION", "SweepResults", "StrategyResult", "StepResult", "StrategyLayout", "PlacementGroupSeen",
     "ClusterInfo", "NodeInfo", "Ladder", "Slo", "Goodput", "Percentiles", "goodput", "step_result", "with_slo",
     "load_sweep", "write_sweep", "schema_text", "SWEEP_FILE", "SCHEMA_FILE",
 ]
@@ -99,8 +99,8 @@ class PlacementGroupSeen(Frozen):
     nodes: int = Field(..., ge=0, description="Distinct nodes its bundles landed on.")
 
 
-class Layout(Frozen):
-    """How each replica of the strategy was laid out."""
+class StrategyLayout(Frozen):
+    """How each replica of the strategy was laid out: the resolved cluster.planner Layout, as recorded."""
 
     tensor: int = Field(..., ge=1, description="Tensor-parallel size.")
     pipeline: int = Field(..., ge=1, description="Pipeline-parallel size.")
@@ -110,6 +110,14 @@ class Layout(Frozen):
     placement_strategy: str = Field(..., description="Planned placement-group strategy.")
     executor: str = Field(..., description="vLLM distributed executor: mp or ray.")
     engine_args: dict = Field(default_factory=dict, description="engine_args the engine got (config + strategy overrides).")
+
+    @classmethod
+    def from_layout(cls, layout: Any, *, replicas: int, engine_args: dict) -> "StrategyLayout":
+        """Record a resolved `cluster.planner.Layout` with the strategy's replica count and engine_args."""
+        par = layout.parallelism
+        return cls(tensor=par.tensor, pipeline=par.pipeline, expert=par.expert, replicas=replicas,
+                   bundles=layout.bundles, placement_strategy=layout.strategy, executor=layout.executor,
+                   engine_args=engine_args)
 
     def short(self) -> str:
         """e.g. 'tp2 pp1 ep1 x1, 2 bundles STRICT_PACK'."""
@@ -122,7 +130,7 @@ class StrategyResult(Frozen):
 
     name: str = Field(..., description="The strategy as given, e.g. tp2-pp2 or pp2:enforce_eager=false.")
     slug: str = Field(..., description="Directory (and Serve app suffix) of the strategy.")
-    layout: Layout | None = Field(None, description="The planned layout; None when the strategy failed before planning.")
+    layout: StrategyLayout | None = Field(None, description="The planned layout; None when the strategy failed before planning.")
     placement_groups: tuple[PlacementGroupSeen, ...] = Field((), description="Groups seen for the app's replicas.")
     ready_s: float | None = Field(None, description="Deploy call to the app RUNNING and warmed up, s.")
     teardown_s: float | None = Field(None, description="Delete call to the app's placement groups gone, s.")

@@ -1,6 +1,6 @@
 """Build the Serve application from the one config. The only place that binds deployments.
 
-    AppConfig ──► per model: layout (bundles, strategy, executor) ──► ModelServer.options(...)
+    AppConfig ──► per model: plan_layout ──► Layout (bundles, strategy, executor) ──► ModelServer.options(...)
               └─► one model and ingress=auto: ModelServer is the ingress (direct HTTP)
                   several models or ingress=router: Router.bind({name: handle})
 """
@@ -8,37 +8,24 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray import serve
 from ray.serve import Application
 
-from cluster.ray_env import local_fast_path_env
+from cluster.planner.layout import Layout, plan_layout
+from cluster.ray_cluster import ensure_ray
+from cluster.ray_env import CPU_ENGINE_ENV
 from serve_app.autoscaling.serve_adapter import deployment_scaling_options
 from serve_app.schema import AppConfig, ModelConfig, Parallelism, parse_config, load_config, resolve_local_dir
 from serve_app.schema import TINY_PREFIX
 from serve_app.errors import ConfigError
 
-__all__ = ["build_application", "build_app_from_args", "Layout", "layout_for", "deployment_options", "deployment_name", "ensure_ray"]
+__all__ = ["build_application", "build_app_from_args", "layout_for", "deployment_options", "deployment_name"]
 
 log = logging.getLogger(__name__)
-
-# vLLM on the CPU fails at start without these (see README "CPU stack"); users may override.
-_CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where one replica of a model runs."""
-
-    parallelism: Parallelism
-    bundles: tuple[dict[str, float], ...]
-    strategy: str
-    executor: str  # vLLM distributed executor: "mp" or "ray"
 
 
 def _accelerator_nodes(model: ModelConfig) -> list[int]:
@@ -50,34 +37,16 @@ def _accelerator_nodes(model: ModelConfig) -> list[int]:
 
 
 def layout_for(model: ModelConfig, *, accelerators_per_node: int | None = None,
-               extra_accelerators: tuple = ()) -> Layout:
-    """Resolve parallelism (planning `parallelism: auto`), bundles, strategy and executor of one replica.
+               extra_accelerators: tuple = (), where: str = "models[?]") -> Layout:
+    """Resolve `model`'s layout (cluster.planner.plan_layout) for the cluster Ray is connected to.
 
-    Bundles and strategy come from the capacity planner (cluster.planner): STRICT_PACK when the
-    replica fits one node, else PACK (pipeline stages cross nodes, which needs vLLM's ray
-    executor on GPUs). On the CPU the executor is always mp: vLLM refuses ray there.
-    `accelerators_per_node` defaults to placement.accelerators_per_node, else the live cluster's.
+    Nodes of `accelerators_per_node`, else placement.accelerators_per_node, else the largest live
+    node's count. Raises LayoutError (a ConfigError) naming `<where>.parallelism` when `auto` cannot be planned.
     """
-    from cluster.planner import bundles_for, resolve_parallelism, strategy_for
-
-    p = model.placement
     nodes = _accelerator_nodes(model)
-    per_node = accelerators_per_node or p.accelerators_per_node or (max(nodes) if nodes else None)
-    par = model.parallelism
-    if par == "auto":
-        if not p.on_cpu and not (p.accelerator_type and per_node):
-            raise ConfigError([(
-                "models[].parallelism",
-                f"{model.name}: parallelism: auto needs placement.accelerator_type (e.g. A100-80G) and the accelerators "
-                "per node (placement.accelerators_per_node or a live cluster) to plan a layout; or set tensor/pipeline",
-            )])
-        par, _ = resolve_parallelism(model, nodes=max(1, len(nodes)), gpus_per_node=per_node or 1,
-                                     accelerator=p.accelerator_type or "CPU", extra_accelerators=extra_accelerators)
-    executor = p.executor
-    if executor == "auto":
-        executor = "mp" if p.on_cpu or par.world_size == 1 else "ray"
-    strategy = strategy_for(par, p, accelerators_per_node=per_node)
-    return Layout(par, tuple(bundles_for(par, p)), strategy, executor)
+    per_node = accelerators_per_node or model.placement.accelerators_per_node or (max(nodes) if nodes else None)
+    return plan_layout(model, accelerators_per_node=per_node, nodes=max(1, len(nodes)),
+                       extra_accelerators=extra_accelerators, where=where)
 
 
 def deployment_name(model: ModelConfig) -> str:
@@ -87,7 +56,7 @@ def deployment_name(model: ModelConfig) -> str:
 
 def deployment_options(model: ModelConfig, layout: Layout) -> dict[str, Any]:
     """Return the `serve.deployment(...).options()` kwargs of `model`'s deployment."""
-    env = dict(_CPU_ENV_DEFAULTS) if model.placement.on_cpu else {}
+    env = dict(CPU_ENGINE_ENV) if model.placement.on_cpu else {}
     env.update(model.env)
     bundle0 = layout.bundles[0]
     opts: dict[str, Any] = {
@@ -124,42 +93,15 @@ def _model_dir(model: ModelConfig) -> str:
     return str(local) if local else model.source  # hub id: vLLM fetches it on the cluster
 
 
-def _world_size(model: ModelConfig) -> int:
-    return 1 if model.parallelism == "auto" else model.parallelism.world_size
-
-
-# True once ensure_ray started a local Ray: no autoscaler there, so an impossible placement is final.
-_ray_started_here = False
-
-
-def ensure_ray(config: AppConfig) -> None:
-    """Connect to $RAY_ADDRESS, or start a local Ray sized for `config` when none is given."""
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address and address != "local":
-        ray.init(address=address, namespace="serve")
-        return
-    # Logical CPUs: vLLM's CPU workers pin their own threads, Ray's count is bookkeeping.
-    need = sum(m.placement.cpus_per_worker * _world_size(m) * m.autoscaling.max_replicas for m in config.models)
-    for key, value in local_fast_path_env(config).items():
-        # Inherited by the Ray processes started next. A user's own setting wins, except for
-        # ports: they are this instance's own, and one left by an earlier Ray would be shared.
-        if key.endswith("_PORT") or key not in os.environ:
-            os.environ[key] = value
-    # address="local": never attach to some other Ray that happens to run on this machine.
-    global _ray_started_here
-    _ray_started_here = True
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need) + 2), namespace="serve",
-             include_dashboard=config.local_ray.dashboard)
-
-
-def build_application(config: AppConfig, *, check_placement: bool = True) -> Application:
+def build_application(config: AppConfig, *, check_placement: bool = True,
+                      cluster_can_grow: bool | None = None) -> Application:
     """Return the Serve application for `config`.
 
     With Ray connected (it connects to $RAY_ADDRESS or starts locally first), each model's
     placement group is probed and a placement no node can hold raises PlacementError within
-    `placement.schedule_timeout_s` instead of hanging the deploy.
+    `placement.schedule_timeout_s` instead of hanging the deploy. On a Ray started by this
+    process (`cluster_can_grow` False; default: whether ensure_ray started it) no autoscaler can
+    add nodes, so a placement the nodes can never hold fails at once.
     """
     from cluster.placement import check_schedulable
     from serve_app.deployment import DirectModelServer, ModelServer, ReplicaSpec
@@ -167,14 +109,15 @@ def build_application(config: AppConfig, *, check_placement: bool = True) -> App
 
     from serve_app.ingress.gate import OPENAI_ROUTES, ROUTER_ROUTES, GateSpec
 
-    ensure_ray(config)
+    session = ensure_ray(config)
+    can_grow = not session.started if cluster_can_grow is None else cluster_can_grow
     direct = config.direct_ingress
     bound = {}
     for i, m in enumerate(config.models):
-        layout = layout_for(m, extra_accelerators=config.accelerators)
+        layout = layout_for(m, extra_accelerators=config.accelerators, where=f"models[{i}]")
         if check_placement:
             check_schedulable(model=m.name, bundles=list(layout.bundles), strategy=layout.strategy,
-                              timeout_s=m.placement.schedule_timeout_s, can_grow=not _ray_started_here)
+                              timeout_s=m.placement.schedule_timeout_s, can_grow=can_grow)
         spec = ReplicaSpec(model=m, model_index=i, model_dir=_model_dir(m), parallelism=layout.parallelism,
                            executor=layout.executor,
                            gate=GateSpec.from_config(config, routes=OPENAI_ROUTES) if direct else None)

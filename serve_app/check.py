@@ -82,8 +82,8 @@ def local_inventory(cpus_needed: float) -> Inventory:
     if shutil.which("nvidia-smi"):
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
         gpus = sum(1 for ln in out.stdout.splitlines() if ln.startswith("GPU "))
-    # fleetserve serve sizes a local Ray's logical CPUs to the config (vLLM pins its own threads).
-    res = {"CPU": float(max(os.cpu_count() or 1, cpus_needed + 2))}
+    # fleetserve serve sizes a local Ray's logical CPUs to the config (cluster.ray_cluster.local_ray_cpus).
+    res = {"CPU": float(max(os.cpu_count() or 1, cpus_needed))}
     if gpus:
         res["GPU"] = float(gpus)
     return Inventory((res,), f"this machine ({gpus} GPU(s) found by nvidia-smi)" if gpus else "this machine (no GPUs)")
@@ -112,9 +112,12 @@ def check_file(path: str | None, *, inventory: Inventory | None = None) -> list[
         return [Finding("error", field, msg) for field, msg in e.problems]
     findings = [Finding("ok", "", f"config {path or '(default)'}: {len(config.models)} model(s) valid")]
     if inventory is None:
-        need = sum(m.placement.cpus_per_worker * (1 if m.parallelism == "auto" else m.parallelism.world_size)
-                   * m.autoscaling.max_replicas for m in config.models)
-        inventory = local_inventory(need)
+        from cluster.ray_cluster import local_ray_cpus
+
+        try:
+            inventory = local_inventory(local_ray_cpus(config))
+        except ConfigError:  # an `auto` layout that cannot be planned: reported per model below
+            inventory = local_inventory(0)
     for i, model in enumerate(config.models):
         findings += _check_model(config, i, model, inventory)
     return findings
@@ -122,7 +125,7 @@ def check_file(path: str | None, *, inventory: Inventory | None = None) -> list[
 
 def _check_model(config, i: int, model, inventory: Inventory) -> list[Finding]:
     from cluster.placement import static_problem
-    from serve_app.app import layout_for
+    from cluster.planner.layout import plan_layout
     from serve_app.sources import source_status
 
     f = f"models[{i}]"
@@ -136,8 +139,11 @@ def _check_model(config, i: int, model, inventory: Inventory) -> list[Finding]:
         return out
     gpn = _per_node(inventory, model.placement.accelerator)
     try:
-        layout = layout_for(model, accelerators_per_node=model.placement.accelerators_per_node or gpn or None,
-                            extra_accelerators=config.accelerators)
+        layout = plan_layout(model, accelerators_per_node=model.placement.accelerators_per_node or gpn or None,
+                             nodes=max(1, sum(1 for n in inventory.nodes if n.get(model.placement.accelerator))),
+                             extra_accelerators=config.accelerators, where=f)
+    except ConfigError as e:  # LayoutError: `auto` that cannot be planned
+        return out + [Finding("error", field or f"{f}.parallelism", msg) for field, msg in e.problems]
     except FleetserveError as e:
         return out + [Finding("error", f"{f}.parallelism", str(e))]
     out += _memory(config, model, layout.parallelism, inventory, f)

@@ -14,22 +14,23 @@ from serve_app.schema import AppConfig
 __all__ = ["deploy", "serve_forever"]
 
 
-def deploy(config: AppConfig, *, blocking_timeout_s: float | None = None) -> str:
-    """Start Serve with the config's HTTP options, deploy the app and return its base URL."""
-    from ray import serve
+def deploy(config: AppConfig, *, blocking_timeout_s: float | None = None, session=None) -> str:
+    """Start Serve with the config's HTTP options, deploy the app and return its base URL.
 
-    from serve_app.app import build_application, deployment_name, ensure_ray
-
-    ensure_ray(config)
-    app = build_application(config)
-    serve.start(http_options={"host": config.http.host, "port": config.http.port,
-                              "request_timeout_s": config.http.request_timeout_s},
-                proxy_location="HeadOnly")
+    Waits until the app runs; raises DeployFailed naming the model and the cause when a replica
+    cannot start (see serve_app.startup), PlacementError when a replica cannot be placed.
+    `session`: the RaySession that connected this process (else ensure_ray is called here).
+    """
+    from cluster import ray_cluster
+    from serve_app.app import build_application, deployment_name
     from serve_app.startup import wait_until_running
 
-    # Not serve.run: it would wait on a replica that restarts forever and end in Ray's
+    session = session or ray_cluster.ensure_ray(config)
+    app = build_application(config, cluster_can_grow=not session.started)
+    ray_cluster.start_serve(host=config.http.host, port=config.http.port, request_timeout_s=config.http.request_timeout_s)
+    # Not a waiting deploy: it would wait on a replica that restarts forever and end in Ray's
     # traceback. We poll Serve's status and stop at the first cause we can name.
-    serve._run(app, _blocking=False, name=config.name, route_prefix="/")
+    ray_cluster.deploy(app, name=config.name, wait=False)
     wait_until_running(config.name, models={deployment_name(m): m.name for m in config.models},
                        timeout_s=blocking_timeout_s)
     host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
@@ -38,16 +39,14 @@ def deploy(config: AppConfig, *, blocking_timeout_s: float | None = None) -> str
 
 def serve_forever(config: AppConfig) -> None:
     """Deploy, print how to call the app, and block until SIGINT/SIGTERM; then shut down what we started."""
-    import ray
-    from ray import serve
+    from cluster.ray_cluster import ensure_ray
 
+    session = ensure_ray(config)
     try:
-        url = deploy(config)
+        url = deploy(config, session=session)
     except BaseException:
         # Failed or interrupted start: stop what we started so the caller's exit is clean.
-        if ray.is_initialized():
-            serve.shutdown()
-            ray.shutdown()
+        session.close()
         raise
     stop = threading.Event()
     # After deploy: ray.init installs its own SIGTERM handler (exit 15) that would skip our cleanup.
@@ -61,5 +60,4 @@ def serve_forever(config: AppConfig) -> None:
           flush=True)
     print("Ctrl-C to stop.", flush=True)
     stop.wait()
-    serve.shutdown()
-    ray.shutdown()
+    session.close(stop_serve=True)  # the app this command deployed goes, on a joined cluster too

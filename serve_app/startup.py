@@ -23,18 +23,8 @@ from serve_app.errors import FleetserveError
 
 __all__ = ["DeployFailed", "ReplicaFailure", "failure_cause", "wait_until_running", "LOG_HINT"]
 
-# Where Ray keeps the controller's and replicas' logs (on the head node) by default.
-LOG_HINT = "/tmp/ray/session_latest/logs/serve/"
-
-
-def _serve_logs() -> str:
-    """Return this Ray session's Serve log folder (a custom --temp-dir moves it), else the default."""
-    try:
-        import ray
-
-        return ray._private.worker._global_node.get_logs_dir_path() + "/serve/"  # private: fall back below
-    except Exception:
-        return LOG_HINT
+# Where Ray keeps the controller's and replicas' logs, on the head node (Ray's default --temp-dir).
+LOG_HINT = "/tmp/ray/session_latest/logs/serve/ on the head node"
 
 # A traceback's exception line: "pkg.mod.SomeError: message" or "SomeError: message".
 _EXC_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt))(?:\((?P<inner>\w+)\))?: ?(?P<msg>.*)$")
@@ -110,17 +100,17 @@ def wait_until_running(app_name: str, *, models: dict[str, str], timeout_s: floa
                     raise DeployFailed(_message(models.get(dep_name, dep_name), failure.cause, gave_up=gave_up))
             if app.status == "DEPLOY_FAILED":
                 raise DeployFailed(f"application {app_name!r} failed to deploy: {_first_line(app.message)}. "
-                                   f"Full logs: {_serve_logs()}")
+                                   f"Full logs: {LOG_HINT}")
         if deadline is not None and time.monotonic() > deadline:
             pending = ", ".join(f"{models.get(d, d)} ({_first_line(m) or 'starting'})" for d, m in last.items())
             raise DeployFailed(f"application {app_name!r} was not running after {timeout_s:g} s: {pending}. "
-                               f"Full logs: {_serve_logs()}")
+                               f"Full logs: {LOG_HINT}")
         time.sleep(poll_s)
 
 
 def _message(model: str, cause: str, *, gave_up: bool) -> str:
     when = "after Serve's retries" if gave_up else "(not retried: it fails the same way every time)"
-    return f"model {model!r} failed to start {when}: {cause}\nFull traceback: {_serve_logs()} (controller_*.log, replica_*.log)"
+    return f"model {model!r} failed to start {when}: {cause}\nFull traceback: {LOG_HINT} (controller_*.log, replica_*.log)"
 
 
 def _first_line(text: str | None) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -18,11 +17,7 @@ os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "1"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from cluster.ray_env import free_local_port as free_port  # noqa: E402 - tests bind 127.0.0.1 only, as it does
 
 
 def wait_until(predicate, *, timeout_s: float, interval_s: float = 0.2, what: str = "condition"):

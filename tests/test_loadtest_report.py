@@ -16,7 +16,7 @@ from loadtest import (
 from loadtest.report import PNG_MAGIC, best_line
 from loadtest.results import RequestRecord
 from loadtest.sweep_results import (
-    ClusterInfo, Goodput, Layout, NodeInfo, Percentiles, StepResult, StrategyResult, schema_text,
+    ClusterInfo, Goodput, StrategyLayout, NodeInfo, Percentiles, StepResult, StrategyResult, schema_text,
 )
 
 SCHEMA_FILE = Path(__file__).parents[1] / "loadtest" / "sweep.schema.json"
@@ -70,8 +70,8 @@ def _step(load: float, tok_s: float, ttft: float, *, run_dir: str = "x") -> Step
                                       requests_per_s=load, output_tokens_per_s=tok_s / 2))
 
 
-def _layout(tp: int, pp: int) -> Layout:
-    return Layout(tensor=tp, pipeline=pp, expert=1, replicas=1, bundles=({"CPU": 1.0},) * (tp * pp),
+def _layout(tp: int, pp: int) -> StrategyLayout:
+    return StrategyLayout(tensor=tp, pipeline=pp, expert=1, replicas=1, bundles=({"CPU": 1.0},) * (tp * pp),
                   placement_strategy="STRICT_PACK", executor="mp", engine_args={"enforce_eager": pp == 1})
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from cluster.planner import (
     ClusterShape,
-    Layout,
+    Split,
     PlannerError,
     Workload,
     find_accelerator,
@@ -86,7 +86,7 @@ def test_128b_bf16_is_served_with_tp4_on_4x80gb(gpu, rank):
     report = plan(model_spec("dense-128b"), ClusterShape(1, 4, find_accelerator(gpu)), quant=quantization("bf16"),
                   workload=Workload(8192), rank=rank)
     best = report.best
-    assert best.layout == Layout(tp=4, pp=1)
+    assert best.layout == Split(tp=4, pp=1)
     assert best.strategy == "STRICT_PACK"
     assert best.memory.max_sequences >= 1
     assert 60 * GB < best.memory.weights_per_gpu < 66 * GB  # a quarter of 256 GB
@@ -103,7 +103,7 @@ def test_128b_bf16_does_not_fit_4x40gb():
 
 @pytest.mark.parametrize("gpu", ["A10G", "L4"])
 def test_mistral_7b_bf16_fits_one_24gb_gpu_with_room_for_kv(gpu):
-    mem = replica_memory(model_spec("mistral-7b"), quantization("bf16"), Layout(), find_accelerator(gpu), Workload(32768))
+    mem = replica_memory(model_spec("mistral-7b"), quantization("bf16"), Split(), find_accelerator(gpu), Workload(32768))
     assert mem.weights_fit
     assert close(mem.weights_per_gpu / GB, 14.5)
     # At least one full 32k-token sequence (4.3 GB of KV) -- about 56k tokens in all.
@@ -116,7 +116,7 @@ def test_layer_split_versus_tensor_parallel_on_four_20gb_consumer_gpus():
     report = plan(model_spec("llama-70b"), ClusterShape(1, 4, find_accelerator("RTX3080-20GB")), quant=quantization("awq"),
                   workload=Workload(4096), rank="latency")
     by_layout = {p.layout: p for p in report.plans}
-    tp, pp = by_layout[Layout(tp=4, pp=1)], by_layout[Layout(tp=1, pp=4)]
+    tp, pp = by_layout[Split(tp=4, pp=1)], by_layout[Split(tp=1, pp=4)]
     # Both fit: a quarter of the weights per GPU either way (PP's end stages also hold embedding / lm_head).
     assert tp.memory.weights_per_gpu < pp.memory.weights_per_gpu < 1.15 * tp.memory.weights_per_gpu
     # TP reads the four weight shards in parallel: about 3x faster per token despite its PCIe all-reduces.
@@ -124,6 +124,6 @@ def test_layer_split_versus_tensor_parallel_on_four_20gb_consumer_gpus():
     assert tp.estimate.comm_share > 0.1 > 0.01 > pp.estimate.comm_share
     # Layer split: a lone prompt keeps 3 of 4 stages idle; TP has no bubble.
     assert pp.estimate.prefill_bubble == pytest.approx(0.75) and tp.estimate.prefill_bubble == 0
-    assert report.best.layout == Layout(tp=4, pp=1)
+    assert report.best.layout == Split(tp=4, pp=1)
     # Neither layout fits on fewer GPUs.
-    assert {r.layout for r in report.rejected} >= {Layout(1, 1), Layout(2, 1), Layout(1, 2)}
+    assert {r.layout for r in report.rejected} >= {Split(1, 1), Split(2, 1), Split(1, 2)}

@@ -12,7 +12,7 @@ from cluster.planner import (
     ACCELERATOR_CATALOG,
     MODEL_CATALOG,
     QUANTIZATIONS,
-    Layout,
+    Split,
     PlannerError,
     Workload,
     find_accelerator,
@@ -79,8 +79,8 @@ def test_sliding_window_caps_kv_per_sequence():
     assert kv_tokens_per_sequence(windowed, 1000) == 1000
     assert kv_tokens_per_sequence(model_spec("mistral-7b"), 32768) == 32768
     w = Workload(32768)
-    plain = replica_memory(model_spec("mistral-7b"), quantization("bf16"), Layout(), find_accelerator("L4"), w)
-    slid = replica_memory(windowed, quantization("bf16"), Layout(), find_accelerator("L4"), w)
+    plain = replica_memory(model_spec("mistral-7b"), quantization("bf16"), Split(), find_accelerator("L4"), w)
+    slid = replica_memory(windowed, quantization("bf16"), Split(), find_accelerator("L4"), w)
     assert slid.kv_tokens == plain.kv_tokens
     assert slid.max_sequences == min(256, plain.kv_tokens // 4096) > plain.max_sequences
 
@@ -111,7 +111,7 @@ def test_stages_cover_every_layer_evenly(args):
 @pytest.mark.parametrize("quant", ["bf16", "awq", "gguf-q4_k"])
 def test_one_gpu_holds_exactly_the_checkpoint(model, quant):
     m, q = model_spec(model), quantization(quant)
-    mem = replica_memory(m, q, Layout(), find_accelerator("B200"), Workload(1024))
+    mem = replica_memory(m, q, Split(), find_accelerator("B200"), Workload(1024))
     assert mem.stages[0].weights == pytest.approx(weight_bytes(m, q))
 
 
@@ -119,7 +119,7 @@ def test_one_gpu_holds_exactly_the_checkpoint(model, quant):
 @given(st.sampled_from(sorted(MODEL_CATALOG)), st.sampled_from([1, 2, 4, 8]), st.sampled_from([1, 2, 3, 4]))
 def test_shares_add_up_to_the_checkpoint(model, tp, pp):
     m, q = model_spec(model), quantization("bf16")
-    mem = replica_memory(m, q, Layout(tp, pp), find_accelerator("H100-80GB"), Workload(4096))
+    mem = replica_memory(m, q, Split(tp, pp), find_accelerator("H100-80GB"), Workload(4096))
     spread = sum(s.weights for s in mem.stages) * tp
     # Only norms, routers and (tied) head copies are replicated: under 1 % on top of the checkpoint.
     assert weight_bytes(m, q) <= spread * 1.0000001 and spread < 1.01 * weight_bytes(m, q)
@@ -131,15 +131,15 @@ def test_shares_add_up_to_the_checkpoint(model, tp, pp):
        st.floats(0.5, 0.95), st.integers(256, 65536))
 def test_more_memory_fraction_never_holds_fewer_tokens(model, gpu, util, ctx):
     m, a, q = model_spec(model), find_accelerator(gpu), quantization("awq")
-    low = replica_memory(m, q, Layout(), a, Workload(ctx, gpu_memory_utilization=util))
-    high = replica_memory(m, q, Layout(), a, Workload(ctx, gpu_memory_utilization=min(1.0, util + 0.05)))
+    low = replica_memory(m, q, Split(), a, Workload(ctx, gpu_memory_utilization=util))
+    high = replica_memory(m, q, Split(), a, Workload(ctx, gpu_memory_utilization=min(1.0, util + 0.05)))
     assert high.kv_tokens >= low.kv_tokens and high.max_sequences >= low.max_sequences
 
 
 def test_fp8_kv_cache_doubles_the_tokens():
     m, a, q = model_spec("llama-70b"), find_accelerator("H100-80GB"), quantization("fp8")
-    auto = replica_memory(m, q, Layout(2), a, Workload(8192))
-    fp8 = replica_memory(m, q, Layout(2), a, Workload(8192, kv_cache_bytes=1.0))
+    auto = replica_memory(m, q, Split(2), a, Workload(8192))
+    fp8 = replica_memory(m, q, Split(2), a, Workload(8192, kv_cache_bytes=1.0))
     assert fp8.kv_tokens == pytest.approx(2 * auto.kv_tokens, abs=1)
 
 

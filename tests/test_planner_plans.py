@@ -12,7 +12,7 @@ from cluster.planner import (
     ACCELERATOR_CATALOG,
     MODEL_CATALOG,
     ClusterShape,
-    Layout,
+    Split,
     Workload,
     candidate_layouts,
     check_layout,
@@ -35,22 +35,22 @@ def reasons(model, layout, *, quant="bf16", nodes=1, gpn=8, fast_fabric=False):
 
 
 @pytest.mark.parametrize(("model", "layout", "kwargs", "expected"), [
-    (MISTRAL, Layout(3), {"gpn": 3}, "num_attention_heads=32 is not divisible by tp=3"),
-    (ODD, Layout(4), {}, "tp=4 neither divides num_key_value_heads=6 nor is a multiple of it"),
-    (model_spec("tiny:dense"), Layout(1, 5), {}, "pp=5 exceeds num_hidden_layers=4"),
-    (ODD, Layout(2, 1, 2), {}, ""),  # 6 experts over 2 EP ranks is fine
-    (replace(ODD, num_attention_heads=8, num_key_value_heads=4), Layout(4, 1, 4), {}, "num_experts=6 is not divisible by ep=4"),
-    (MISTRAL, Layout(2, 1, 2), {}, "ep=2 but the model is dense"),
-    (MIXTRAL, Layout(4, 1, 2), {}, "ep=2 must be 1 or tp=4"),
-    (MISTRAL, Layout(8), {"nodes": 2, "gpn": 4}, "tp=8 spans 2 nodes of 4 GPUs without a fast fabric"),
-    (MISTRAL, Layout(8), {"nodes": 2, "gpn": 4, "fast_fabric": True}, ""),
-    (MISTRAL, Layout(4, 2), {"nodes": 2, "gpn": 6}, "tp=4 does not divide gpus_per_node=6"),
-    (MISTRAL, Layout(2, 4), {"nodes": 2, "gpn": 4}, ""),  # pipeline stages may cross nodes
-    (LLAMA2_7B, Layout(4), {"quant": "awq"}, "awq groups of 128 inputs do not align with the 2752 intermediate_size"),
-    (LLAMA2_7B, Layout(4), {"quant": "bf16"}, ""),
-    (LLAMA2_7B, Layout(2), {"quant": "gptq"}, ""),
-    (MISTRAL, Layout(16), {"gpn": 16}, ""),  # KV heads replicated 2x: allowed, noted on the plan
-    (MISTRAL, Layout(4, 4), {"gpn": 8}, "needs 16 GPUs, the cluster has 8"),
+    (MISTRAL, Split(3), {"gpn": 3}, "num_attention_heads=32 is not divisible by tp=3"),
+    (ODD, Split(4), {}, "tp=4 neither divides num_key_value_heads=6 nor is a multiple of it"),
+    (model_spec("tiny:dense"), Split(1, 5), {}, "pp=5 exceeds num_hidden_layers=4"),
+    (ODD, Split(2, 1, 2), {}, ""),  # 6 experts over 2 EP ranks is fine
+    (replace(ODD, num_attention_heads=8, num_key_value_heads=4), Split(4, 1, 4), {}, "num_experts=6 is not divisible by ep=4"),
+    (MISTRAL, Split(2, 1, 2), {}, "ep=2 but the model is dense"),
+    (MIXTRAL, Split(4, 1, 2), {}, "ep=2 must be 1 or tp=4"),
+    (MISTRAL, Split(8), {"nodes": 2, "gpn": 4}, "tp=8 spans 2 nodes of 4 GPUs without a fast fabric"),
+    (MISTRAL, Split(8), {"nodes": 2, "gpn": 4, "fast_fabric": True}, ""),
+    (MISTRAL, Split(4, 2), {"nodes": 2, "gpn": 6}, "tp=4 does not divide gpus_per_node=6"),
+    (MISTRAL, Split(2, 4), {"nodes": 2, "gpn": 4}, ""),  # pipeline stages may cross nodes
+    (LLAMA2_7B, Split(4), {"quant": "awq"}, "awq groups of 128 inputs do not align with the 2752 intermediate_size"),
+    (LLAMA2_7B, Split(4), {"quant": "bf16"}, ""),
+    (LLAMA2_7B, Split(2), {"quant": "gptq"}, ""),
+    (MISTRAL, Split(16), {"gpn": 16}, ""),  # KV heads replicated 2x: allowed, noted on the plan
+    (MISTRAL, Split(4, 4), {"gpn": 8}, "needs 16 GPUs, the cluster has 8"),
 ])
 def test_rejection_reasons(model, layout, kwargs, expected):
     got = reasons(model, layout, **kwargs)
@@ -72,7 +72,7 @@ def test_memory_rejections_name_the_numbers():
 
 def test_replicated_kv_heads_are_noted():
     report = plan(MISTRAL, ClusterShape(1, 16, H100), quant=quantization("bf16"), workload=Workload(4096),
-                  layouts=[Layout(16)])
+                  layouts=[Split(16)])
     assert report.plans[0].notes == ("KV heads replicated 2x (tp > num_key_value_heads)",)
 
 
@@ -119,7 +119,7 @@ def test_a_lone_sequence_gains_nothing_from_pipeline_stages(model, pp):
     # Decode of one sequence walks every stage in turn: splitting layers never lowers time per token.
     m = model_spec(model)
     cluster = ClusterShape(1, 8, find_accelerator("B200"))
-    report = plan(m, cluster, quant=quantization("fp8"), workload=Workload(2048), layouts=[Layout(1, 1), Layout(1, pp)])
+    report = plan(m, cluster, quant=quantization("fp8"), workload=Workload(2048), layouts=[Split(1, 1), Split(1, pp)])
     one = {p.layout.pp: p.estimate.tpot_s for p in report.plans}
     if 1 in one and pp in one:
         assert one[pp] >= one[1] * 0.999
@@ -128,22 +128,22 @@ def test_a_lone_sequence_gains_nothing_from_pipeline_stages(model, pp):
 def test_tensor_parallel_over_nvlink_is_nearly_linear_for_decode():
     w = Workload(4096)
     report = plan(model_spec("llama-70b"), ClusterShape(1, 8, H100), quant=quantization("fp8"), workload=w,
-                  layouts=[Layout(2), Layout(4), Layout(8)])
+                  layouts=[Split(2), Split(4), Split(8)])
     tpot = {p.layout.tp: p.estimate.tpot_s for p in report.plans}
     assert tpot[2] / tpot[4] > 1.6 and tpot[4] / tpot[8] > 1.3
     assert all(p.estimate.decode_bound == "memory" for p in plan(
-        model_spec("llama-70b"), ClusterShape(1, 8, H100), quant=quantization("fp8"), workload=w, layouts=[Layout(8)]).plans)
+        model_spec("llama-70b"), ClusterShape(1, 8, H100), quant=quantization("fp8"), workload=w, layouts=[Split(8)]).plans)
 
 
 def test_moe_plans_offer_expert_parallel_variants():
     report = plan(MIXTRAL, ClusterShape(1, 8, H100), quant=quantization("bf16"), workload=Workload(8192))
     layouts = {p.layout for p in report.plans}
-    assert {Layout(2, 1, 2), Layout(4, 1, 4), Layout(8, 1, 8)} <= layouts
-    assert Layout(8, 1, 8) in layouts and Layout(8, 1, 1) in layouts
+    assert {Split(2, 1, 2), Split(4, 1, 4), Split(8, 1, 8)} <= layouts
+    assert Split(8, 1, 8) in layouts and Split(8, 1, 1) in layouts
     # Decode reads only the routed experts: 12.9B of 46.7B parameters at batch 1.
-    tp2 = next(p for p in report.plans if p.layout == Layout(2))
+    tp2 = next(p for p in report.plans if p.layout == Split(2))
     dense_equivalent = plan(replace(model_spec("mistral-7b"), name="x"), ClusterShape(1, 8, H100),
-                            quant=quantization("bf16"), workload=Workload(8192), layouts=[Layout(2)]).plans[0]
+                            quant=quantization("bf16"), workload=Workload(8192), layouts=[Split(2)]).plans[0]
     assert tp2.estimate.tpot_s < 2.2 * dense_equivalent.estimate.tpot_s
 
 

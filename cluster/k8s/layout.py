@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 from cluster.k8s.errors import RenderError
-from cluster.planner import PlannerError, bundles_for, resolve_parallelism
+from cluster.planner import LayoutError, bundles_for, plan_layout
 from serve_app.schema import AppConfig, KubernetesConfig, ModelConfig, Parallelism
 
 __all__ = [
@@ -87,21 +87,11 @@ def resolve_for_kubernetes(config: AppConfig) -> AppConfig:
 
 
 def _planned(model: ModelConfig, config: AppConfig, *, index: int) -> Parallelism:
-    p = model.placement
-    if p.on_cpu:
-        return Parallelism()
-    if not (p.accelerator_type and p.accelerators_per_node):
-        raise RenderError(
-            f"models[{index}].parallelism",
-            "auto needs placement.accelerator_type and placement.accelerators_per_node on Kubernetes (pods are "
-            "sized before any GPU node exists); set both, or give tensor / pipeline explicitly",
-        )
+    # Pods are sized before any GPU node exists: plan for one node of the config's accelerators.
     try:
-        par, _ = resolve_parallelism(model, nodes=1, gpus_per_node=p.accelerators_per_node, accelerator=p.accelerator_type,
-                                     extra_accelerators=config.accelerators)
-    except PlannerError as e:
-        raise RenderError(f"models[{index}].parallelism", f"auto: {e}; or give tensor / pipeline explicitly") from None
-    return par
+        return plan_layout(model, extra_accelerators=config.accelerators, where=f"models[{index}]").parallelism
+    except LayoutError as e:
+        raise RenderError(e.field, e.message) from None
 
 
 def worker_layout(model: ModelConfig, kube: KubernetesConfig, *, index: int) -> WorkerLayout:

@@ -17,7 +17,7 @@ from cluster.planner.errors import PlannerError
 from cluster.planner.placement import strategy_for
 from cluster.planner.plans import PlanReport, Rank, plan
 from cluster.planner.quant import Quantization, quantization
-from cluster.planner.shapes import ClusterShape, Layout, Workload
+from cluster.planner.shapes import ClusterShape, Split, Workload
 from serve_app.schema import AcceleratorSpec
 from serve_app.schema import ModelConfig, Parallelism
 
@@ -104,6 +104,6 @@ def resolve_parallelism(model_cfg: ModelConfig, *, nodes: int, gpus_per_node: in
         report = plan_for_model(model_cfg, nodes=nodes, gpus_per_node=gpus_per_node, accelerator=accelerator,
                                 context_len=context_len, extra_accelerators=extra_accelerators,
                                 fast_fabric=fast_fabric, rank=rank)
-        layout: Layout = report.best.layout
+        layout: Split = report.best.layout
         par = Parallelism(tensor=layout.tp, pipeline=layout.pp, expert=layout.ep)
     return par, strategy_for(par, placement, accelerators_per_node=gpus_per_node)

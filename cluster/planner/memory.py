@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from cluster.planner.errors import PlannerError
 from cluster.planner.models import ModelSpec, param_counts
 from cluster.planner.quant import Quantization
-from cluster.planner.shapes import Layout, Workload
+from cluster.planner.shapes import Split, Workload
 from serve_app.schema import AcceleratorSpec
 
 __all__ = [
@@ -122,7 +122,7 @@ class ReplicaMemory:
         return min(self.max_num_seqs, self.kv_tokens // self.tokens_per_sequence)
 
 
-def replica_memory(m: ModelSpec, q: Quantization, layout: Layout, accel: AcceleratorSpec, w: Workload) -> ReplicaMemory:
+def replica_memory(m: ModelSpec, q: Quantization, layout: Split, accel: AcceleratorSpec, w: Workload) -> ReplicaMemory:
     """Compute each stage's per-GPU memory for `layout` (no validity checks: see plans.check_layout)."""
     c, tp = param_counts(m), layout.tp
     h, hd, kvh = m.hidden_size, m.head_dim, kv_heads_per_gpu(m, tp)

@@ -20,7 +20,7 @@ from cluster.planner.models import ModelSpec
 from cluster.planner.placement import auto_strategy
 from cluster.planner.quant import Quantization
 from cluster.planner.roofline import Estimate, estimate
-from cluster.planner.shapes import ClusterShape, Layout, Workload
+from cluster.planner.shapes import ClusterShape, Split, Workload
 
 __all__ = ["Plan", "Rejected", "PlanReport", "Rank", "candidate_layouts", "check_layout", "plan"]
 
@@ -32,7 +32,7 @@ GB = 1e9
 class Plan:
     """A feasible layout with its replica count, placement and estimates."""
 
-    layout: Layout
+    layout: Split
     replicas: int
     strategy: str
     memory: ReplicaMemory
@@ -64,7 +64,7 @@ class Plan:
 class Rejected:
     """A layout that cannot serve, with every rule it breaks."""
 
-    layout: Layout
+    layout: Split
     reasons: tuple[str, ...]
 
     @property
@@ -113,7 +113,7 @@ class PlanReport:
         }
 
 
-def candidate_layouts(m: ModelSpec, cluster: ClusterShape) -> list[Layout]:
+def candidate_layouts(m: ModelSpec, cluster: ClusterShape) -> list[Split]:
     """List the layouts worth checking: TP in powers of two, divisors and multiples of the node size; any PP;
     EP = TP for MoE models."""
     total, gpn = cluster.total_gpus, cluster.gpus_per_node
@@ -122,13 +122,13 @@ def candidate_layouts(m: ModelSpec, cluster: ClusterShape) -> list[Layout]:
     out = []
     for tp in sorted(tps):
         for pp in range(1, total // tp + 1):
-            out.append(Layout(tp, pp, 1))
+            out.append(Split(tp, pp, 1))
             if m.is_moe and tp > 1:
-                out.append(Layout(tp, pp, tp))
+                out.append(Split(tp, pp, tp))
     return out
 
 
-def check_layout(m: ModelSpec, q: Quantization, layout: Layout, cluster: ClusterShape) -> tuple[str, ...]:
+def check_layout(m: ModelSpec, q: Quantization, layout: Split, cluster: ClusterShape) -> tuple[str, ...]:
     """Return the structural rules `layout` breaks (empty when none); memory is checked by `plan`."""
     tp, pp, ep, gpn = layout.tp, layout.pp, layout.ep, cluster.gpus_per_node
     heads, kv, layers = m.num_attention_heads, m.num_key_value_heads, m.num_hidden_layers
@@ -181,13 +181,13 @@ def _memory_reason(mem: ReplicaMemory, accel_gib: float, w: Workload) -> str | N
     return None
 
 
-def _replicas(layout: Layout, cluster: ClusterShape) -> int:
+def _replicas(layout: Split, cluster: ClusterShape) -> int:
     if layout.world <= cluster.gpus_per_node:
         return cluster.nodes * (cluster.gpus_per_node // layout.world)
     return cluster.total_gpus // layout.world
 
 
-def _notes(m: ModelSpec, layout: Layout, cluster: ClusterShape, replicas: int) -> tuple[str, ...]:
+def _notes(m: ModelSpec, layout: Split, cluster: ClusterShape, replicas: int) -> tuple[str, ...]:
     notes = []
     if layout.tp > m.num_key_value_heads:
         notes.append(f"KV heads replicated {layout.tp // m.num_key_value_heads}x (tp > num_key_value_heads)")
@@ -209,7 +209,7 @@ def _rank_key(p: Plan, rank: Rank) -> tuple:
 
 
 def plan(m: ModelSpec, cluster: ClusterShape, *, quant: Quantization, workload: Workload,
-         rank: Rank = "throughput", layouts: list[Layout] | None = None) -> PlanReport:
+         rank: Rank = "throughput", layouts: list[Split] | None = None) -> PlanReport:
     """Check every candidate layout (or `layouts`), estimate the feasible ones and rank them.
 
     rank="throughput" orders by cluster decode tokens/s at full load (fewer GPUs per replica on

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from cluster.planner.memory import ReplicaMemory, kv_heads_per_gpu, kv_tokens_per_sequence
 from cluster.planner.models import ModelSpec, param_counts
 from cluster.planner.quant import Quantization
-from cluster.planner.shapes import ClusterShape, Layout, Workload
+from cluster.planner.shapes import ClusterShape, Split, Workload
 
 __all__ = ["Estimate", "estimate", "COMPUTE_EFFICIENCY", "BANDWIDTH_EFFICIENCY", "LINK_EFFICIENCY", "LINK_LATENCY_S"]
 
@@ -74,7 +74,7 @@ class _Link:
 class _Replica:
     """Per-stage costs of one layout; all figures per GPU of a stage."""
 
-    def __init__(self, m: ModelSpec, q: Quantization, layout: Layout, cluster: ClusterShape, mem: ReplicaMemory):
+    def __init__(self, m: ModelSpec, q: Quantization, layout: Split, cluster: ClusterShape, mem: ReplicaMemory):
         self.m, self.q, self.layout, self.mem = m, q, layout, mem
         a, gpn = cluster.accelerator, cluster.gpus_per_node
         self.node_link = _Link(a.interconnect_gb_s, LINK_LATENCY_S[a.interconnect])
@@ -134,7 +134,7 @@ class _Replica:
         return out
 
 
-def estimate(m: ModelSpec, q: Quantization, layout: Layout, cluster: ClusterShape, w: Workload,
+def estimate(m: ModelSpec, q: Quantization, layout: Split, cluster: ClusterShape, w: Workload,
              mem: ReplicaMemory) -> Estimate:
     """Estimate latency and throughput of one replica whose memory `mem` already fits."""
     r = _Replica(m, q, layout, cluster, mem)

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from cluster.planner.errors import PlannerError
 from serve_app.schema import AcceleratorSpec
 
-__all__ = ["Layout", "ClusterShape", "Workload"]
+__all__ = ["Split", "ClusterShape", "Workload"]
 
 
 @dataclass(frozen=True, order=True)
-class Layout:
-    """How one replica is split: tensor x pipeline ranks, expert parallelism over the TP group (ep = 1 or tp)."""
+class Split:
+    """How one replica is split (a planner candidate; the resolved deployment layout is cluster.planner.layout.Layout): tensor x pipeline ranks, expert parallelism over the TP group (ep = 1 or tp)."""
 
     tp: int = 1
     pp: int = 1
