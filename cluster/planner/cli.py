@@ -75,7 +75,7 @@ def plan_command(
                                                  help="vLLM's memory fraction."),
     kv_cache_dtype: str = typer.Option("auto", "--kv-cache-dtype", help="auto (the activation dtype) or fp8."),
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1, help="vLLM's cap on sequences per replica."),
-    config: Optional[Path] = typer.Option(None, "--config", help="App config whose `accelerators:` add GPU models."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="App config whose `accelerators:` add GPU models."),
 ) -> None:
     """Plan a model on a cluster: feasible (TP, PP, EP, replicas) layouts ranked, rejected ones with reasons."""
     try:
