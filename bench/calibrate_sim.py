@@ -186,7 +186,9 @@ def load_real(path: Path) -> tuple[Measures, dict]:
 async def measure_vllm() -> tuple[Measures, dict]:
     """Start vLLM as a replica would, measure it, and return its measures and facts (start-up, KV, tokens)."""
     from serve_app.schema import parse_config, tiny_model_dir
-    from serve_app.engines.vllm_engine import VLLMEngine, build_vllm_args
+    from cluster.planner import plan_layout
+    from serve_app.engines import EngineSpec
+    from serve_app.engines.vllm_engine import VLLMEngine
     from serve_app.tiny_models import ensure_tiny_model
 
     for k, v in _REPLICA_ENV.items():
@@ -194,9 +196,9 @@ async def measure_vllm() -> tuple[Measures, dict]:
     model_dir = str(ensure_tiny_model("dense"))
     cfg = parse_config({"models": [{"name": MODEL, "source": "tiny:dense", "max_model_len": 1024, "placement": {"accelerator": "CPU"},
                                     "engine_args": {"dtype": "bfloat16", "enforce_eager": True, "max_num_seqs": 32}}]}).models[0]
-    args = build_vllm_args(cfg, model_dir=model_dir, parallelism=cfg.parallelism, executor="mp")
     t0 = time.perf_counter()
-    engine = await VLLMEngine.start(args)
+    # The replica's own start (layout resolved as the app builder does), in this process.
+    engine = await VLLMEngine.start(EngineSpec(model=cfg, layout=plan_layout(cfg), model_dir=model_dir))
     startup = time.perf_counter() - t0
     try:
         cache = engine._engine.vllm_config.cache_config  # facts the sim needs; no public getter
@@ -225,7 +227,7 @@ async def measure_sim(knobs: dict[str, float]) -> Measures:
     from serve_app.engines.sim_engine import SimEngine
 
     cfg = SimEngineConfig(**{"max_num_seqs": 32, **knobs, "startup_s": 0})
-    engine = await SimEngine.start(MODEL, cfg, 1024)
+    engine = await SimEngine.start_simulator(MODEL, cfg, 1024)
     try:
         return best_of([await measure(engine.asgi_app, seed=i) for i in range(REPEATS)])
     finally:

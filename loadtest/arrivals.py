@@ -17,7 +17,6 @@ How open-loop load is delivered (the mechanism, in one place):
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from loadtest.errors import LoadTestError
+from loadtest.jsonl import read_jsonl
 
 __all__ = ["poisson_times", "TraceRow", "load_trace", "ArrivalCursor"]
 
@@ -58,20 +58,13 @@ def load_trace(path: str | Path, *, time_scale: float = 1.0) -> tuple[TraceRow, 
     LoadTestError naming the file, the line and the fix.
     """
     p = Path(path).expanduser()
-    try:
-        lines = p.read_text().splitlines()
-    except OSError as e:
-        raise LoadTestError(f"trace {p}: cannot read ({e.strerror or e}); pass an existing JSONL file") from e
     rows: list[TraceRow] = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for n, obj in read_jsonl(p, what="trace"):
         try:
-            obj = json.loads(line)
             t = obj["t_s"] if "t_s" in obj else obj["start_unix_s"]
             row = TraceRow(float(t), _opt_int(obj.get("input_tokens")), _opt_int(obj.get("output_tokens")),
                            obj.get("model"))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise LoadTestError(f"trace {p} line {n}: {type(e).__name__}: {e}; each line needs t_s or "
                                 f"start_unix_s, and positive integer token counts") from None
         if not math.isfinite(row.t_s):

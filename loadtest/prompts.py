@@ -15,12 +15,12 @@ with optional "output_tokens" (int) to fix that request's max_tokens.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest.errors import LoadTestError
+from loadtest.jsonl import read_jsonl
 
 __all__ = ["DatasetEntry", "synthetic_prompt", "load_dataset", "WORDS"]
 
@@ -58,20 +58,8 @@ def synthetic_prompt(n_tokens: int, rng: random.Random) -> str:
 def load_dataset(path: str | Path) -> tuple[DatasetEntry, ...]:
     """Read a JSONL dataset (see module doc); raise LoadTestError naming the file, line and fix."""
     p = Path(path).expanduser()
-    try:
-        lines = p.read_text().splitlines()
-    except OSError as e:
-        raise LoadTestError(f"dataset {p}: cannot read ({e.strerror or e}); pass an existing JSONL file") from e
     out: list[DatasetEntry] = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LoadTestError(f"dataset {p} line {n}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise LoadTestError(f"dataset {p} line {n}: expected an object with 'prompt' or 'messages'")
+    for n, row in read_jsonl(p, what="dataset"):
         if isinstance(row.get("messages"), list) and row["messages"]:
             messages = tuple(dict(m) for m in row["messages"])
         elif isinstance(row.get("prompt"), str):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from loadtest.arrivals import load_trace
 from loadtest.errors import LoadTestError
 from loadtest.plan import LoadPlan
 from loadtest.results import RequestRecord, RunResults, build_results, read_requests, replay_trace
+from cluster.ray_env import free_local_port
 
 __all__ = ["run", "collect_results", "write_results", "LOCUSTFILE", "STARTUP_TIMEOUT_S"]
 
@@ -70,7 +70,7 @@ def run(host: str, plan: LoadPlan, *, out_dir: str | Path, workers: int = 0,
     logs = []
     try:
         if workers:
-            port = _free_port()
+            port = free_local_port()
             head += ["--master", "--expect-workers", str(workers), "--master-bind-host", "127.0.0.1",
                      "--master-bind-port", str(port), "--expect-workers-max-wait", str(int(STARTUP_TIMEOUT_S))]
         master = subprocess.Popen(head, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, cwd=out)
@@ -159,12 +159,6 @@ def _with_duration(plan: LoadPlan) -> LoadPlan:
         last = load_trace(plan.shape.path, time_scale=plan.shape.time_scale)[-1].t_s
         return plan.model_copy(update={"duration_s": last + 0.001})
     raise LoadTestError("plan.duration_s is not set: a headless run needs a duration (e.g. --duration 60s)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tee(proc: subprocess.Popen, log_path: Path, progress: Callable[[str], None] | None) -> None:

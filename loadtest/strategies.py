@@ -21,6 +21,7 @@ import yaml
 from pydantic import Field
 
 from loadtest.errors import LoadTestError
+from cluster.planner.layout import plan_layout
 from serve_app.schema import AppConfig, ModelConfig, parse_config
 from serve_app.schema import Frozen
 
@@ -117,9 +118,9 @@ def cpu_refusal(model: ModelConfig) -> str | None:
     Both are vLLM 0.32 CPU limits measured on this stack: expert parallel segfaults in the CPU
     fused-MoE kernel; pipeline parallel fails in eager mode (AssertionError on intermediate_tensors).
     """
-    if not model.placement.on_cpu or model.engine != "vllm" or model.parallelism == "auto":
+    if not model.placement.on_cpu or model.engine != "vllm":
         return None
-    par = model.parallelism
+    par = plan_layout(model).parallelism  # on the CPU, auto is planned without a cluster
     if par.expert > 1:
         return (f"expert={par.expert}: expert parallel segfaults on vLLM's CPU platform (cpu_fused_moe); the layout "
                 "is validated and planned (--dry-run) but runs only on GPU placements (placement.accelerator: GPU)")

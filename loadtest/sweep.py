@@ -127,7 +127,7 @@ def _sweep_one(strategy: Strategy, cfg: AppConfig, *, out: Path, host: str, ladd
         result = result.model_copy(update={"layout": layout})
         say(f"[sweep] {strategy.name}: {layout.short()}, executor {layout.executor}")
         t0 = time.monotonic()
-        application = build_application(cfg)  # probes the placement group with a deadline first
+        application = build_application(cfg, layouts=[lay])  # probes the placement group with a deadline first
         deployed = True  # from here on, delete whatever part of the app exists (deleting none is a no-op)
         # serve.run would wait for RUNNING with no deadline: submit, then poll with ours.
         ray_cluster.deploy(application, name=app, wait=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import ray
 from ray import serve
@@ -19,8 +19,8 @@ from cluster.planner.layout import Layout, plan_layout
 from cluster.ray_cluster import ensure_ray
 from cluster.ray_env import CPU_ENGINE_ENV
 from serve_app.autoscaling.serve_adapter import deployment_scaling_options
-from serve_app.schema import AppConfig, ModelConfig, Parallelism, parse_config, load_config, resolve_local_dir
-from serve_app.schema import TINY_PREFIX
+from serve_app.engines.registry import engine_class
+from serve_app.schema import TINY_PREFIX, AppConfig, ModelConfig, load_config, parse_config, resolve_local_dir
 from serve_app.errors import ConfigError
 
 __all__ = ["build_application", "build_app_from_args", "layout_for", "deployment_options", "deployment_name"]
@@ -94,8 +94,18 @@ def _model_dir(model: ModelConfig) -> str:
 
 
 def build_application(config: AppConfig, *, check_placement: bool = True,
+<<<<<<< HEAD
                       cluster_can_grow: bool | None = None) -> Application:
+=======
+                      engines: Mapping[str, Any] | None = None,
+                      layouts: Sequence[Layout] | None = None) -> Application:
+>>>>>>> seams
     """Return the Serve application for `config`.
+
+    `engines` maps engine names (models[].engine) to engine classes over the registry's
+    (serve_app.engines.registry), e.g. a benchmark's variant; each model's replicas get its class.
+    `layouts`: the models' layouts when the caller resolved them already (the sweep records its
+    own), in config order; else each is resolved here, once.
 
     With Ray connected (it connects to $RAY_ADDRESS or starts locally first), each model's
     placement group is probed and a placement no node can hold raises PlacementError within
@@ -114,12 +124,18 @@ def build_application(config: AppConfig, *, check_placement: bool = True,
     direct = config.direct_ingress
     bound = {}
     for i, m in enumerate(config.models):
-        layout = layout_for(m, extra_accelerators=config.accelerators, where=f"models[{i}]")
+        layout = layouts[i] if layouts else layout_for(m, extra_accelerators=config.accelerators, where=f"models[{i}]")
         if check_placement:
             check_schedulable(model=m.name, bundles=list(layout.bundles), strategy=layout.strategy,
+<<<<<<< HEAD
                               timeout_s=m.placement.schedule_timeout_s, can_grow=can_grow)
         spec = ReplicaSpec(model=m, model_index=i, model_dir=_model_dir(m), parallelism=layout.parallelism,
                            executor=layout.executor,
+=======
+                              timeout_s=m.placement.schedule_timeout_s)
+        engine = (engines or {}).get(m.engine) or engine_class(m.engine)
+        spec = ReplicaSpec(model=m, model_index=i, model_dir=_model_dir(m), layout=layout, engine=engine,
+>>>>>>> seams
                            gate=GateSpec.from_config(config, routes=OPENAI_ROUTES) if direct else None)
         cls = DirectModelServer if direct else ModelServer
         bound[m.name] = serve.deployment(cls).options(**deployment_options(m, layout)).bind(spec)

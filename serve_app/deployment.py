@@ -16,7 +16,9 @@ from typing import Any, AsyncIterator
 
 from ray import serve
 
-from serve_app.schema import ModelConfig, Parallelism
+from cluster.planner.layout import Layout
+from serve_app.engines.registry import EngineSpec
+from serve_app.schema import ModelConfig
 from serve_app.ingress.asgi_forward import forward_asgi
 from serve_app.ingress.gate import GateSpec
 
@@ -32,37 +34,23 @@ class ReplicaSpec:
     model: ModelConfig
     model_index: int
     model_dir: str
-    parallelism: Parallelism
-    executor: str  # "mp" or "ray"
+    layout: Layout  # resolved once (cluster.planner.plan_layout); model.parallelism may still say "auto"
+    engine: Any  # the engine class (serve_app.engines.registry); pickled by reference into the replica
     gate: GateSpec | None = None  # direct ingress only: the replica is the app's HTTP front
 
 
 async def _start_engine(spec: ReplicaSpec):
-    if spec.model.engine == "vllm":
-        from serve_app.engines.vllm_engine import VLLMEngine, build_vllm_args
+    if spec.model_dir and spec.model_dir == spec.model.source:  # a hub id: the engine would download it
         from serve_app.errors import EngineError
         from serve_app.sources import source_status
 
         # A hub id vLLM cannot fetch costs ~30 s of retries per start, then Serve restarts us:
         # one quick look (cache, then one hub request) fails this start with the reason instead.
-        if spec.model_dir == spec.model.source:
-            status = source_status(spec.model.source, network=True)
-            if not status.ok:
-                raise EngineError(f"models[{spec.model_index}].source: {status.note}")
-
-        args = build_vllm_args(
-            spec.model,
-            model_dir=spec.model_dir,
-            parallelism=spec.parallelism,
-            executor=spec.executor,
-            field_prefix=f"models[{spec.model_index}]",
-        )
-        return await VLLMEngine.start(args)
-    if spec.model.engine == "sim":
-        from serve_app.engines.sim_engine import SimEngine
-
-        return await SimEngine.start(spec.model.name, spec.model.sim, spec.model.max_model_len)
-    raise ValueError(f"models[{spec.model_index}].engine: unknown engine {spec.model.engine!r}")
+        status = source_status(spec.model.source, network=True)
+        if not status.ok:
+            raise EngineError(f"models[{spec.model_index}].source: {status.note}")
+    return await spec.engine.start(EngineSpec(model=spec.model, layout=spec.layout, model_dir=spec.model_dir,
+                                              where=f"models[{spec.model_index}]"))
 
 
 class ModelServer:
@@ -77,8 +65,9 @@ class ModelServer:
         self._app = EngineGuard(engine.asgi_app, model=spec.model.name, alive=engine.alive,
                                 waiting_prompt_tokens=lambda: engine.stats().waiting_tokens,
                                 limits=spec.model.limits)
-        log.info("fleetserve: %s ready (tp=%d pp=%d ep=%d executor=%s)", spec.model.name,
-                 spec.parallelism.tensor, spec.parallelism.pipeline, spec.parallelism.expert, spec.executor)
+        par = spec.layout.parallelism
+        log.info("fleetserve: %s ready (engine=%s tp=%d pp=%d ep=%d executor=%s)", spec.model.name,
+                 spec.engine.__name__, par.tensor, par.pipeline, par.expert, spec.layout.executor)
 
     async def http(
         self, method: str, path: str, query_string: bytes, headers: list[tuple[bytes, bytes]], body: bytes

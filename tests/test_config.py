@@ -95,3 +95,11 @@ def test_local_fast_path_env_gives_haproxy_free_ports_and_the_pod_env_does_not()
     assert "RAY_SERVE_HAPROXY_STATS_PORT" not in fast_path_env(cfg)  # a pod keeps Serve's defaults
     slow = parse_config({**yaml.safe_load(DEFAULT_CONFIG_PATH.read_text()), "http": {"fast_path": False}})
     assert local_fast_path_env(slow) == {}
+
+
+def test_telemetry_settings_are_refused_until_something_reads_them():
+    # Accepted-and-ignored would pretend to trace; the defaults (the block omitted) still load.
+    base = {"models": [{"name": "m", "source": "tiny:dense", "engine": "sim"}]}
+    assert parse_config(base).telemetry.otlp_endpoint is None
+    with pytest.raises(ConfigError, match=r"telemetry\.otlp_endpoint: 'http://collector:4317': tracing export is not wired"):
+        parse_config({**base, "telemetry": {"otlp_endpoint": "http://collector:4317"}})

@@ -19,7 +19,7 @@ def _run(coro):
 
 
 async def _engine(**kw):
-    return await SimEngine.start("sim", SimEngineConfig(**{**FAST, **kw}), max_model_len=256)
+    return await SimEngine.start_simulator("sim", SimEngineConfig(**{**FAST, **kw}), max_model_len=256)
 
 
 def _client(engine):

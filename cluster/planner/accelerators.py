@@ -15,7 +15,6 @@ from serve_app.schema import AcceleratorSpec
 __all__ = ["ACCELERATOR_CATALOG", "AcceleratorSpec", "find_accelerator"]
 
 _PCIE4 = 32.0  # GB/s per direction, x16
-_PCIE5 = 64.0
 
 ACCELERATOR_CATALOG: dict[str, AcceleratorSpec] = {a.name: a for a in (
     AcceleratorSpec(

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "Engine", "EngineStats", "Load",
     "WAITING_REQUESTS", "RUNNING_REQUESTS", "WAITING_TOKENS", "KV_USAGE", "TTFT_S",
-    "SIGNALS", "METRIC_PREFIX", "metric_name", "signal_of_metric",
+    "SIGNALS", "METRIC_PREFIX", "metric_name", "signal_of_metric", "TTFT_EWMA", "recent_ttft",
 ]
 
 # The signals, in the units their names say. Each is a field of EngineStats and of Load.
@@ -40,6 +40,14 @@ WAITING_TOKENS = "waiting_tokens"  # prompt tokens of the waiting requests
 KV_USAGE = "kv_usage"  # KV-cache usage, fraction in [0, 1]
 TTFT_S = "ttft_s"  # recent time to first token, seconds
 SIGNALS = (WAITING_REQUESTS, RUNNING_REQUESTS, WAITING_TOKENS, KV_USAGE, TTFT_S)
+
+TTFT_EWMA = 0.2  # weight of the newest sample in every engine's recent-TTFT average (the ttft_s signal)
+
+
+def recent_ttft(previous_s: float, sample_s: float) -> float:
+    """Fold one TTFT sample into the recent average (the first sample stands alone)."""
+    return sample_s if previous_s == 0.0 else (1 - TTFT_EWMA) * previous_s + TTFT_EWMA * sample_s
+
 
 METRIC_PREFIX = "engine_"  # Serve custom metrics are `engine_<signal>`: ours, not Serve's own names
 
@@ -107,9 +115,15 @@ if not set(SIGNALS) <= set(Load.model_fields):  # pragma: no cover - guards edit
 
 
 class Engine(Protocol):
-    """What ModelServer calls. Implementations: VLLMEngine (real) and, for simulation only, SimEngine."""
+    """What ModelServer calls. Implementations: VLLMEngine (real) and, for simulation only, SimEngine.
+
+    Every engine is started the same way: `await cls.start(spec)` with a registry.EngineSpec.
+    """
 
     asgi_app: Any  # an ASGI app speaking the OpenAI protocol for this model
+
+    @classmethod
+    async def start(cls, spec: Any) -> "Engine": ...
 
     def stats(self) -> EngineStats: ...
 

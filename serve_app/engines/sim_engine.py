@@ -28,7 +28,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from serve_app.schema import SimEngineConfig
-from serve_app.engines.base import EngineStats
+from serve_app.engines.base import EngineStats, recent_ttft
+from serve_app.engines.registry import EngineSpec
 from serve_app.ingress.http import openai_error
 
 __all__ = ["SimEngine"]
@@ -36,7 +37,6 @@ __all__ = ["SimEngine"]
 log = logging.getLogger(__name__)
 
 FINGERPRINT = "fleetserve-simulator"
-_TTFT_EWMA = 0.2
 
 
 @dataclass
@@ -104,7 +104,7 @@ class _Scheduler:
                     continue
                 if seq.generated == 0:
                     t = now - seq.arrival
-                    self.ttft = t if self.ttft == 0.0 else (1 - _TTFT_EWMA) * self.ttft + _TTFT_EWMA * t
+                    self.ttft = recent_ttft(self.ttft, t)
                 seq.out.put_nowait(seq.generated)
                 seq.generated += 1
                 if seq.generated >= seq.max_tokens:
@@ -151,8 +151,13 @@ class SimEngine:
         ])
 
     @classmethod
-    async def start(cls, name: str, cfg: SimEngineConfig, max_model_len: int | None) -> "SimEngine":
-        """Wait out the simulated cold start, then return a serving simulator."""
+    async def start(cls, spec: EngineSpec) -> "SimEngine":
+        """Wait out the simulated cold start of `spec.model.sim`, then return a serving simulator."""
+        return await cls.start_simulator(spec.model.name, spec.model.sim, spec.model.max_model_len)
+
+    @classmethod
+    async def start_simulator(cls, name: str, cfg: SimEngineConfig, max_model_len: int | None) -> "SimEngine":
+        """`start` without a model config: for calibration and tests of the simulator alone."""
         log.warning("fleetserve: starting the SIMULATOR engine for %r (a latency model, not a model)", name)
         await asyncio.sleep(cfg.startup_s)
         return cls(name, cfg, max_model_len or 4096)

@@ -5,7 +5,7 @@ The only module that imports vllm. The flow inside one replica:
     HTTP (Serve direct ingress or our router) ──► vLLM's OpenAI app (validation, chat template,
     tokenization, SSE) ──► AsyncLLM (front end) ──► engine core (scheduler) ──► workers (TP×PP,
     placed in the replica's placement group)
-                     scheduler stats ──► _QueueStats ──► EngineStats (autoscaling signals)
+                     scheduler stats + AsyncLLM.get_num_queued_tokens() ──► _QueueStats ──► EngineStats
 
 We build vLLM's args with vLLM's own CLI parser so every server default (tool parsers, chat
 template handling, error formats) is exactly what `vllm serve` would use.
@@ -20,14 +20,13 @@ from argparse import Namespace
 from typing import Any
 
 from serve_app.schema import ModelConfig, Parallelism
-from serve_app.engines.base import EngineStats
+from serve_app.engines.base import EngineStats, recent_ttft
+from serve_app.engines.registry import EngineSpec
 from serve_app.errors import EngineError
 
 __all__ = ["VLLMEngine", "build_vllm_args"]
 
 log = logging.getLogger(__name__)
-
-_TTFT_EWMA = 0.2  # weight of the newest TTFT sample in the recent-TTFT average
 
 
 def build_vllm_args(
@@ -79,23 +78,18 @@ class _QueueStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._stats = EngineStats()
-        self._pending_prompt_tokens: dict[str, int] = {}  # request id -> prompt tokens, until its first output
-
-    def prompt_pending(self, request_id: str, tokens: int) -> None:
-        with self._lock:
-            self._pending_prompt_tokens[request_id] = tokens
-
-    def prompt_done(self, request_id: str) -> None:
-        with self._lock:
-            self._pending_prompt_tokens.pop(request_id, None)
+        self.queued_tokens: Any = None  # AsyncLLM.get_num_queued_tokens, set once the engine exists
 
     def update(self, scheduler_stats, iteration_stats) -> None:
+        # Called by vLLM's output handler on the engine's event loop, the thread that changes the
+        # request table get_num_queued_tokens sums over: read it here, never from Serve's thread.
+        tokens = self.queued_tokens() if self.queued_tokens is not None else None
         with self._lock:
             s = self._stats
             ttft = s.ttft_s
             if iteration_stats is not None:
                 for t in iteration_stats.time_to_first_tokens_iter:
-                    ttft = t if ttft == 0.0 else (1 - _TTFT_EWMA) * ttft + _TTFT_EWMA * t
+                    ttft = recent_ttft(ttft, t)
             if scheduler_stats is not None:
                 s = dataclasses.replace(
                     s,
@@ -103,38 +97,13 @@ class _QueueStats:
                     running_requests=scheduler_stats.num_running_reqs,
                     kv_usage=float(scheduler_stats.kv_cache_usage),
                 )
+            if tokens is not None:
+                s = dataclasses.replace(s, waiting_tokens=int(tokens))
             self._stats = dataclasses.replace(s, ttft_s=ttft)
 
     def snapshot(self) -> EngineStats:
         with self._lock:
-            return dataclasses.replace(self._stats, waiting_tokens=sum(self._pending_prompt_tokens.values()))
-
-
-def _prompt_len(prompt) -> int:
-    ids = getattr(prompt, "prompt_token_ids", None)
-    if ids is None and isinstance(prompt, dict):
-        ids = prompt.get("prompt_token_ids")
-    return len(ids) if ids else 0
-
-
-def _track_prompt_tokens(engine, holder: _QueueStats) -> None:
-    """Count prompt tokens of requests that have no output yet: the token-weighted queue.
-
-    vLLM's scheduler stats count waiting requests, not their tokens, and requests differ 100x in
-    prefill cost; so we wrap the engine's public `generate` (the serving layer's only entry).
-    """
-    original = engine.generate
-
-    async def generate(prompt, sampling_params, request_id, *args, **kwargs):
-        holder.prompt_pending(request_id, _prompt_len(prompt))
-        try:
-            async for out in original(prompt, sampling_params, request_id, *args, **kwargs):
-                holder.prompt_done(request_id)
-                yield out
-        finally:
-            holder.prompt_done(request_id)
-
-    engine.generate = generate
+            return self._stats
 
 
 def _stats_logger_factory(holder: _QueueStats):
@@ -168,7 +137,14 @@ class VLLMEngine:
         self._stats = stats
 
     @classmethod
-    async def start(cls, args: Namespace) -> "VLLMEngine":
+    async def start(cls, spec: EngineSpec) -> "VLLMEngine":
+        """Start vLLM for `spec`'s model and layout. Raises EngineError naming `<spec.where>.engine_args...`."""
+        args = build_vllm_args(spec.model, model_dir=spec.model_dir, parallelism=spec.layout.parallelism,
+                               executor=spec.layout.executor, field_prefix=spec.where)
+        return await cls.start_from_args(args)
+
+    @classmethod
+    async def start_from_args(cls, args: Namespace) -> "VLLMEngine":
         """Start AsyncLLM from `args` (see build_vllm_args) and build vLLM's OpenAI app on it."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -189,7 +165,9 @@ class VLLMEngine:
             )
         except Exception as e:  # vLLM raises many types here; keep its message, add ours
             raise EngineError(f"vLLM engine for {args.served_model_name[0]!r} failed to start: {e}") from e
-        _track_prompt_tokens(engine, holder)
+        # Prompt tokens of requests still in prefill (vLLM's own count, as its max_num_queued_tokens
+        # admission uses): the token-weighted queue; scheduler stats count requests only.
+        holder.queued_tokens = engine.get_num_queued_tokens
         supported_tasks = await engine.get_supported_tasks()
         app = build_app(args, supported_tasks, engine.model_config)
         await init_app_state(engine, app.state, args, supported_tasks)

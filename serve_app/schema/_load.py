@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import yaml
 from pydantic import ValidationError
 
+from serve_app.schema._engine_args import engine_args_problems
 from serve_app.schema._schema import AppConfig
 from serve_app.errors import ConfigError, FieldError
 
@@ -43,9 +44,16 @@ def parse_config(data: Any, *, source: str = "config") -> AppConfig:
     if not isinstance(data, Mapping):
         raise ConfigError([("", f"top level must be a mapping, got {type(data).__name__}")], source=source)
     try:
-        return AppConfig.model_validate(dict(data))
+        config = AppConfig.model_validate(dict(data))
     except ValidationError as e:
         raise ConfigError(_problems(e), source=source) from None
+    # engine_args go to vLLM unread by the schema: check their names against vLLM's own parser now,
+    # not at replica start-up on the cluster.
+    problems = [p for i, m in enumerate(config.models) if m.engine == "vllm"
+                for p in engine_args_problems(m.engine_args, where=f"models[{i}]")]
+    if problems:
+        raise ConfigError(problems, source=source)
+    return config
 
 
 def _problems(e: ValidationError) -> list[tuple[str, str]]:

@@ -221,11 +221,25 @@ class HttpConfig(Frozen):
 
 
 class TelemetryConfig(Frozen):
-    """OpenTelemetry export (placeholder: wired when tracing lands)."""
+    """OpenTelemetry export: reserved. Nothing exports traces yet, so only the defaults are accepted.
+
+    A setting that is accepted and ignored would pretend: until observability wires this block,
+    any non-default value fails at load naming the field.
+    """
 
     otlp_endpoint: str | None = Field(None, description="OTLP collector URL; tracing is off when omitted.")
     service_name: str = Field("fleetserve", min_length=1, description="service.name resource attribute.")
     sampling_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of requests traced.")
+
+    @model_validator(mode="after")
+    def _not_wired_yet(self) -> "TelemetryConfig":
+        for name, info in type(self).model_fields.items():
+            value = getattr(self, name)
+            if value != info.default:
+                raise FieldError(name, f"{value!r}: tracing export is not wired yet, so this setting would be "
+                                       f"ignored; leave telemetry.{name} at its default ({info.default!r}) or "
+                                       "remove the telemetry block")
+        return self
 
 
 class LocalRayConfig(Frozen):
