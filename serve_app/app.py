@@ -94,12 +94,9 @@ def _model_dir(model: ModelConfig) -> str:
 
 
 def build_application(config: AppConfig, *, check_placement: bool = True,
-<<<<<<< HEAD
-                      cluster_can_grow: bool | None = None) -> Application:
-=======
                       engines: Mapping[str, Any] | None = None,
-                      layouts: Sequence[Layout] | None = None) -> Application:
->>>>>>> seams
+                      layouts: Sequence[Layout] | None = None,
+                      cluster_can_grow: bool | None = None) -> Application:
     """Return the Serve application for `config`.
 
     `engines` maps engine names (models[].engine) to engine classes over the registry's
@@ -127,15 +124,9 @@ def build_application(config: AppConfig, *, check_placement: bool = True,
         layout = layouts[i] if layouts else layout_for(m, extra_accelerators=config.accelerators, where=f"models[{i}]")
         if check_placement:
             check_schedulable(model=m.name, bundles=list(layout.bundles), strategy=layout.strategy,
-<<<<<<< HEAD
                               timeout_s=m.placement.schedule_timeout_s, can_grow=can_grow)
-        spec = ReplicaSpec(model=m, model_index=i, model_dir=_model_dir(m), parallelism=layout.parallelism,
-                           executor=layout.executor,
-=======
-                              timeout_s=m.placement.schedule_timeout_s)
         engine = (engines or {}).get(m.engine) or engine_class(m.engine)
         spec = ReplicaSpec(model=m, model_index=i, model_dir=_model_dir(m), layout=layout, engine=engine,
->>>>>>> seams
                            gate=GateSpec.from_config(config, routes=OPENAI_ROUTES) if direct else None)
         cls = DirectModelServer if direct else ModelServer
         bound[m.name] = serve.deployment(cls).options(**deployment_options(m, layout)).bind(spec)
