@@ -104,6 +104,15 @@ def test_table_has_a_row_per_step_the_best_strategy_and_errors():
     assert "error: pp2:enforce_eager=false: RuntimeError: engine died" in text
 
 
+def test_throughput_is_also_given_per_accelerator():
+    import re
+
+    lines = table_lines(_sweep())
+    assert "accel" in lines[1] and "tok/s/accel" in lines[1]
+    tp2_c4 = next(line for line in lines if line.startswith("tp2") and " 1100.0" in line)
+    assert re.search(r"1100\.0\s+2\s+550\.0\s", tp2_c4)  # tp2 holds 2 accelerators: 1100 / 2 per accelerator
+
+
 def test_report_writes_pngs_and_a_self_contained_html(tmp_path):
     (tmp_path / "tp1" / "c4").mkdir(parents=True)
     (tmp_path / "tp1" / "c4" / "report.html").write_text("locust")
