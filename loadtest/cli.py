@@ -48,9 +48,10 @@ def run_command(
     dataset: Optional[Path] = typer.Option(None, help="JSONL prompts instead of synthetic ones."),
     seed: int = typer.Option(0, help="Seed of lengths, prompts and arrivals."),
     drain: str = typer.Option("5s", help="After the duration, wait this long for requests in flight."),
-    think_time: float = typer.Option(0.0, help="Closed loop: seconds between a user's requests."),
+    think_time: str = typer.Option("0", help="Closed loop: pause between a user's requests, "
+                                   "as seconds or a duration: 0.5, 0.5s, 1m."),
     out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Output dir: results.json, requests.jsonl, CSV, HTML, logs."),
-    progress_interval: float = typer.Option(5.0, help="Seconds between progress lines."),
+    progress_interval: str = typer.Option("5s", help="Time between progress lines: 5, 5s, 1m."),
     fail_on: str = typer.Option("", "--fail-on", metavar="METRIC>LIMIT,...",
                                 help="Exit 1 past these, e.g. error_rate>0.05,ttft_p95_ms>500; default: any failed request."),
     preflight_check: bool = typer.Option(True, "--preflight/--no-preflight",
@@ -84,8 +85,9 @@ def run_command(
                 spike_at_s=parse_duration(spike_at, field="--spike-at"), spike_s=parse_duration(spike_for, field="--spike-for"),
                 input_len=input_len, output_len=output_len, endpoint=endpoint,
                 dataset_path=str(dataset) if dataset else None, seed=seed,
-                drain_s=parse_duration(drain, field="--drain") or 0.0, think_time_s=think_time,
-                progress_interval_s=progress_interval,
+                drain_s=parse_duration(drain, field="--drain") or 0.0,
+                think_time_s=parse_duration(think_time, field="--think-time") or 0.0,
+                progress_interval_s=parse_duration(progress_interval, field="--progress-interval") or 5.0,
             )
         target = host or host_from_config(cfg)
         thresholds = parse_fail_on(fail_on)
