@@ -23,11 +23,17 @@ def deploy(config: AppConfig, *, blocking_timeout_s: float | None = None, sessio
     """
     from cluster import ray_cluster
     from serve_app.app import build_application, deployment_name
-    from serve_app.startup import wait_until_running
+    from serve_app.startup import LOG_HINT, DeployFailed, failure_cause, wait_until_running
 
     session = session or ray_cluster.ensure_ray(config)
     app = build_application(config, cluster_can_grow=not session.started)
-    ray_cluster.start_serve(host=config.http.host, port=config.http.port, request_timeout_s=config.http.request_timeout_s)
+    try:
+        ray_cluster.start_serve(host=config.http.host, port=config.http.port,
+                                request_timeout_s=config.http.request_timeout_s)
+    except Exception as e:  # Ray raises its task errors (e.g. HAProxy that cannot bind) with a long traceback
+        found = failure_cause(str(e))
+        raise DeployFailed(f"Serve could not start its HTTP front on {config.http.host}:{config.http.port}: "
+                           f"{found.cause if found else type(e).__name__}\nFull logs: {LOG_HINT}") from e
     # Not a waiting deploy: it would wait on a replica that restarts forever and end in Ray's
     # traceback. We poll Serve's status and stop at the first cause we can name.
     ray_cluster.deploy(app, name=config.name, wait=False)

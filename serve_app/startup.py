@@ -70,6 +70,9 @@ def failure_cause(message: str) -> ReplicaFailure | None:
     ours = [f for f in found if f[0].startswith(_OURS)]
     kind, msg = (ours or found)[-1]
     short = kind.rsplit(".", 1)[-1]
+    alerts = re.findall(r"\[ALERT\]\s*\(\d+\)\s*:\s*(.*?)(?=\[(?:ALERT|NOTICE|WARNING)\]|$)", msg)
+    if alerts:  # HAProxy's start-up log: its ALERT lines say why, the NOTICEs around them do not
+        msg = msg.split("[", 1)[0].strip() + " " + " ".join(a.strip() for a in alerts)
     if len(msg) > _MAX_CAUSE_CHARS:  # e.g. pydantic's multi-error dumps: the logs have the rest
         msg = msg[:_MAX_CAUSE_CHARS] + " ..."
     return ReplicaFailure(cause=f"{short}: {msg}" if msg else short, ours=bool(ours))

@@ -27,12 +27,19 @@ CASES = [
     ("A replica failed to start with exception. Retrying 2 more time(s). Error:\nTraceback (most recent call last):\n"
      '  File "x.py", line 1, in f\n    raise ValueError("bad")\nValueError: max_num_seqs must be positive\n',
      "ValueError: max_num_seqs must be positive", False),
+    ("Traceback (most recent call last):\n  File \"haproxy.py\", line 2107, in _reload_haproxy\n"
+     "RuntimeError: HAProxy crashed during startup: [NOTICE]   (14081) : haproxy version is 2.8.25\n"
+     "[WARNING]  (14081) : config : log format ignored\n[ALERT]    (14081) : Binding for proxy stats: cannot bind "
+     "socket (Address already in use) for [0.0.0.0:44227]\n[ALERT]    (14081) : Some protocols failed to start!\n",
+     "RuntimeError: HAProxy crashed during startup: Binding for proxy stats: cannot bind socket (Address already in "
+     "use) for [0.0.0.0:44227] Some protocols failed to start!", False),
     ("Deploying: 1 replica starting.", None, None),
     ("", None, None),
 ]
 
 
-@pytest.mark.parametrize("message,cause,ours", CASES, ids=["recorded-engine-error", "foreign-error", "no-error", "empty"])
+@pytest.mark.parametrize("message,cause,ours", CASES,
+                         ids=["recorded-engine-error", "foreign-error", "haproxy-alerts", "no-error", "empty"])
 def test_failure_cause_reads_the_replicas_exception(message, cause, ours):
     found = failure_cause(message)
     if cause is None:
