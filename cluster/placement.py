@@ -30,6 +30,10 @@ def static_problem(bundles: list[dict[str, float]], strategy: str, nodes: list[d
     need = Counter()
     for b in bundles:
         need.update(b)
+    absent = sorted(r for r in need if not any(n.get(r, 0) > 0 for n in nodes))
+    if absent:
+        return (f"no node has any {', '.join(absent)}: run on a cluster with {absent[0]} nodes"
+                + (", or set placement.accelerator: CPU to try it on this machine" if "GPU" in absent else ""))
     if strategy == "STRICT_PACK":
         if not any(all(n.get(r, 0) >= q for r, q in need.items()) for n in nodes):
             return f"STRICT_PACK needs {_fmt(need)} on ONE node; no node has that much"
@@ -47,9 +51,17 @@ def static_problem(bundles: list[dict[str, float]], strategy: str, nodes: list[d
 
 
 def check_schedulable(
-    *, model: str, bundles: list[dict[str, float]], strategy: str, timeout_s: float
+    *, model: str, bundles: list[dict[str, float]], strategy: str, timeout_s: float, can_grow: bool = True
 ) -> None:
-    """Reserve one replica's placement group as a probe; raise PlacementError if not ready in time."""
+    """Reserve one replica's placement group as a probe; raise PlacementError if not ready in time.
+
+    `can_grow` False (a Ray started here: no autoscaler can add nodes) fails at once when the
+    nodes can never hold the group, e.g. a GPU placement on a machine without GPUs.
+    """
+    if not can_grow:
+        why = static_problem(bundles, strategy, node_resources())
+        if why:
+            raise _placement_error(model, bundles, strategy, why, "the local Ray cannot add nodes, so this was not retried")
     pg = placement_group(bundles, strategy=strategy, name=f"fleetserve-probe-{model}")
     try:
         ready = pg.wait(timeout_seconds=timeout_s)
@@ -57,16 +69,20 @@ def check_schedulable(
         remove_placement_group(pg)
     if ready:
         return
+    why = static_problem(bundles, strategy, node_resources())
+    raise _placement_error(model, bundles, strategy, why or "resources are taken by other work",
+                           f"no placement was possible within {timeout_s:g} s")
+
+
+def _placement_error(model: str, bundles: list[dict[str, float]], strategy: str, why: str, when: str) -> PlacementError:
     nodes = node_resources()
-    why = static_problem(bundles, strategy, nodes)
     node_lines = "; ".join(
         f"node {i}: " + _fmt({k: v for k, v in n.items() if k in ("CPU", "GPU") or any(k in b for b in bundles)})
         for i, n in enumerate(nodes)
     )
-    raise PlacementError(
+    return PlacementError(
         f"model {model!r} cannot be placed: one replica needs {len(bundles)} bundles {bundles} with strategy {strategy}"
-        f" and no placement was possible within {timeout_s:g} s"
-        + (f" ({why})" if why else " (resources are taken by other work)")
+        f" ({why}); {when}"
         + f". Cluster nodes: {node_lines or 'none'}. Fix: add a node large enough, lower parallelism.tensor/pipeline,"
         f" or use placement.strategy PACK to let pipeline stages cross nodes."
     )

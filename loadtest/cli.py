@@ -26,7 +26,7 @@ cli = typer.Typer(no_args_is_help=True, help="Locust load tests of the OpenAI AP
 def run_command(
     host: Optional[str] = typer.Option(None, help="Base URL; default: the config's http host and port."),
     model: list[str] = typer.Option([], "--model", "-m", help="Model name (repeat for a mix); default: all of the config's."),
-    config: Optional[Path] = typer.Option(None, "--config", help="fleetserve config YAML; default $FLEETSERVE_CONFIG, else the embedded one."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="fleetserve config YAML; default $FLEETSERVE_CONFIG, else the embedded one."),
     plan_file: Optional[Path] = typer.Option(None, "--plan", help="A LoadPlan JSON (e.g. a previous run's plan.json); other plan options are ignored."),
     users: int = typer.Option(8, min=1, help="Closed loop: concurrent users. Open loop: users carrying arrivals (>= rate x latency)."),
     spawn_rate: Optional[float] = typer.Option(None, help="Users started per second; default: all within 1 s (spike: 100/s)."),
@@ -48,11 +48,23 @@ def run_command(
     dataset: Optional[Path] = typer.Option(None, help="JSONL prompts instead of synthetic ones."),
     seed: int = typer.Option(0, help="Seed of lengths, prompts and arrivals."),
     drain: str = typer.Option("5s", help="After the duration, wait this long for requests in flight."),
-    think_time: float = typer.Option(0.0, help="Closed loop: seconds between a user's requests."),
-    out: Path = typer.Option(Path("runs/latest"), help="Output dir: results.json, requests.jsonl, CSV, HTML, logs."),
-    progress_interval: float = typer.Option(5.0, help="Seconds between progress lines."),
+    think_time: str = typer.Option("0", help="Closed loop: pause between a user's requests, "
+                                   "as seconds or a duration: 0.5, 0.5s, 1m."),
+    out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Output dir: results.json, requests.jsonl, CSV, HTML, logs."),
+    progress_interval: str = typer.Option("5s", help="Time between progress lines: 5, 5s, 1m."),
+    fail_on: str = typer.Option("", "--fail-on", metavar="METRIC>LIMIT,...",
+                                help="Exit 1 past these, e.g. error_rate>0.05,ttft_p95_ms>500; default: any failed request."),
+    preflight_check: bool = typer.Option(True, "--preflight/--no-preflight",
+                                         help="Check first that the host answers, accepts the key and lists the models."),
 ) -> None:
-    """Run a load plan headless (a master and --workers workers) and write results.json."""
+    """Run a load plan headless (a master and --workers workers) and write results.json.
+
+    Exit 1 when requests failed (or --fail-on thresholds are broken), with the top failure reasons;
+    exit 2 for bad options or when the preflight finds no server, a refused key or an unknown model.
+
+    Example: fleetserve loadtest run -m tiny-dense --users 4 --duration 30s --fail-on "error_rate>0.01" -o runs/smoke
+    """
+    from loadtest.gates import parse_fail_on, preflight, top_failures, verdict
     from loadtest.runner import run
     from serve_app.errors import ConfigError
 
@@ -73,10 +85,14 @@ def run_command(
                 spike_at_s=parse_duration(spike_at, field="--spike-at"), spike_s=parse_duration(spike_for, field="--spike-for"),
                 input_len=input_len, output_len=output_len, endpoint=endpoint,
                 dataset_path=str(dataset) if dataset else None, seed=seed,
-                drain_s=parse_duration(drain, field="--drain") or 0.0, think_time_s=think_time,
-                progress_interval_s=progress_interval,
+                drain_s=parse_duration(drain, field="--drain") or 0.0,
+                think_time_s=parse_duration(think_time, field="--think-time") or 0.0,
+                progress_interval_s=parse_duration(progress_interval, field="--progress-interval") or 5.0,
             )
         target = host or host_from_config(cfg)
+        thresholds = parse_fail_on(fail_on)
+        if preflight_check:
+            preflight(target, list(plan.models), api_key=os.environ.get("FLEETSERVE_API_KEY"))
         typer.echo(f"load test: {plan.shape.kind} against {target} ({', '.join(plan.models)}), "
                    f"{workers or 'no'} workers, out {out}")
         results = run(target, plan, out_dir=out, workers=workers, progress=typer.echo)
@@ -86,6 +102,12 @@ def run_command(
     for line in summary_lines(results):
         typer.echo(line)
     typer.echo(f"results: {out / 'results.json'}")
+    failed = verdict(results, thresholds)
+    if failed:
+        typer.echo("FAILED: " + "; ".join(failed), err=True)
+        for line in top_failures(results):
+            typer.echo(f"  {line}", err=True)
+        raise typer.Exit(1)
 
 
 @cli.command("collect")
@@ -119,7 +141,7 @@ def sweep_command(
     strategies: list[str] = typer.Argument(..., help="Layouts to compare: tp1 tp2 pp2 tp2-pp2 ep2 replicas=2; append "
                                             "':key=value,...' for engine_args overrides, e.g. pp2:enforce_eager=false."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model of the config to sweep; default: its only model."),
-    config: Optional[Path] = typer.Option(None, "--config", help="fleetserve config YAML; default $FLEETSERVE_CONFIG, else the embedded one."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="fleetserve config YAML; default $FLEETSERVE_CONFIG, else the embedded one."),
     address: Optional[str] = typer.Option(None, help="Ray cluster: host:6379 (on a node), ray://head:10001 (Ray Client); "
                                           "default $RAY_ADDRESS, else a local Ray started for the sweep."),
     local_nodes: int = typer.Option(0, min=0, help="Start a local multi-node Ray cluster with this many nodes instead."),
@@ -140,7 +162,7 @@ def sweep_command(
     ready_timeout: str = typer.Option("15m", help="Per strategy: deploy to RUNNING and warmed up."),
     seed: int = typer.Option(0, help="Seed of prompts."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print each strategy's layout; deploy nothing."),
-    out: Path = typer.Option(Path("runs/sweep"), help="Sweep dir: sweep.json, report, one run dir per step."),
+    out: Path = typer.Option(Path("runs/sweep"), "--out", "-o", help="Sweep dir: sweep.json, report, one run dir per step."),
 ) -> None:
     """Deploy each strategy on Ray Serve, run the ladder against it, tear it down; write sweep.json and the report."""
     from loadtest.report import table_lines, write_report
@@ -230,7 +252,7 @@ def report_command(
     sweep_dir: Path = typer.Argument(..., help="A sweep dir (with sweep.json) or the sweep.json itself."),
     ttft_slo_ms: Optional[float] = typer.Option(None, min=0, help="Re-score goodput at this TTFT bound (0: no bound)."),
     tpot_slo_ms: Optional[float] = typer.Option(None, min=0, help="Re-score goodput at this TPOT bound (0: no bound)."),
-    out: Optional[Path] = typer.Option(None, help="Where to write report.html and the PNGs; default the sweep dir."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write report.html and the PNGs; default the sweep dir."),
 ) -> None:
     """Print a sweep's table and write report.html, throughput.png, latency.png and goodput.png."""
     from loadtest.report import table_lines, write_report

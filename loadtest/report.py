@@ -44,13 +44,22 @@ def _fmt(v: float | None, spec: str = ".1f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-_COLUMNS = ("strategy", "layout", "load", "req/s", "out tok/s", "TTFT p50", "TTFT p95", "TTFT p99",
-            "ITL p50", "ITL p99", "TPOT p50", "goodput/s", "in SLO", "failed")
+# "accel": workers of all replicas (TP x PP x replicas): tp2 holds twice tp1's accelerators, so
+# "tok/s/accel" is the figure that compares them per unit of hardware.
+_COLUMNS = ("strategy", "layout", "load", "req/s", "out tok/s", "accel", "tok/s/accel", "TTFT p50", "TTFT p95",
+            "TTFT p99", "ITL p50", "ITL p99", "TPOT p50", "goodput/s", "in SLO", "failed")
+
+
+def accelerators(s: StrategyResult) -> int | None:
+    """Accelerators (engine workers) the strategy holds: TP x PP per replica, times replicas."""
+    return s.layout.tensor * s.layout.pipeline * s.layout.replicas if s.layout else None
 
 
 def _row(s: StrategyResult, st: StepResult) -> tuple[str, ...]:
     layout = s.layout.short() if s.layout else "-"
+    n = accelerators(s)
     return (s.name, layout, f"{st.load:g}", f"{st.requests_per_s:.2f}", f"{st.output_tokens_per_s:.1f}",
+            str(n) if n else "-", f"{st.output_tokens_per_s / n:.1f}" if n else "-",
             _fmt(st.ttft_ms.p50), _fmt(st.ttft_ms.p95), _fmt(st.ttft_ms.p99), _fmt(st.itl_ms.p50), _fmt(st.itl_ms.p99),
             _fmt(st.tpot_ms.p50), f"{st.goodput.requests_per_s:.2f}", f"{st.goodput.fraction:.0%}", str(st.requests_failed))
 
@@ -60,7 +69,7 @@ def _rows(sweep: SweepResults) -> list[tuple[str, ...]]:
     for s in sweep.strategies:
         rows += [_row(s, st) for st in s.steps]
         if s.error:
-            rows.append((s.name, s.layout.short() if s.layout else "-", "-", *["-"] * 10, "error"))
+            rows.append((s.name, s.layout.short() if s.layout else "-", "-", *["-"] * (len(_COLUMNS) - 4), "error"))
     return rows
 
 
@@ -153,7 +162,19 @@ def plot_latency(sweep: SweepResults, path: str | Path) -> Path:
                         ax.plot(xs, ys, style, marker="o", color=colour, label=s.name if q == "p50" else None)
             ax.set_ylabel(f"{name} (ms)")
             _axis(ax, sweep)
-        axes[0].legend(title="strategy", fontsize=8)
+        # The SLO the goodput is scored at, where it bounds the plotted figure (TPOT's bound over ITL).
+        for ax, bound, label in ((axes[0], sweep.slo.ttft_ms, "TTFT SLO"), (axes[1], sweep.slo.tpot_ms, "TPOT SLO")):
+            if bound:
+                top = ax.get_ylim()[1]
+                if bound <= 3 * top:  # in view (or near): show it; far above, the data would flatten
+                    ax.set_ylim(top=max(top, bound * 1.08))
+                    ax.axhline(bound, color="k", linestyle=":", linewidth=1, label=f"{label} {bound:g} ms")
+                else:
+                    ax.plot([], [], "k:", label=f"{label} {bound:g} ms (above this range)")
+        for ax in axes:
+            ax.plot([], [], "k-", label="p50")
+            ax.plot([], [], "k--", label="p99")
+            ax.legend(title="strategy", fontsize=8)
         axes[0].set_title(f"Latency percentiles (solid p50, dashed p99) -- {_subtitle(sweep)}", fontsize=10)
         axes[1].set_xlabel(_load_label(sweep))
     return _figure(draw, Path(path), size=(7.5, 7), rows=2)
@@ -225,7 +246,10 @@ img {{ max-width: 100%; margin: 0.5em 0; }} .err {{ color: #b00; }}
 Goodput SLO: {e(sweep.slo.describe())}.</p>
 <p><b>{e(best_line(sweep))}</b></p>
 <h2>Throughput</h2>{_img(files.throughput_png, "output tokens per second vs load, per strategy")}
-<h2>Results</h2><p>Latencies in ms.</p><table><tr>{head}</tr>{body}</table>
+<h2>Results</h2><p>Latencies in ms; <i>accel</i> is the accelerators (engine workers) a strategy holds
+(TP x PP x replicas) and <i>tok/s/accel</i> its output tokens/s divided by them. Each step's Locust page
+lists every event in columns headed "ms", which Locust's page does not let us relabel: its OTPS rows are
+output tokens per second, not milliseconds.</p><table><tr>{head}</tr>{body}</table>
 <h2>Latency</h2>{_img(files.latency_png, "TTFT and ITL percentiles vs load")}
 <h2>Goodput</h2>{_img(files.goodput_png, "requests per second meeting the SLO vs load")}
 <h2>Strategies</h2><ul>{strategies}</ul>

@@ -213,17 +213,24 @@ def step_result(load: float, results: RunResults, records: list[RequestRecord], 
 
 
 def with_slo(sweep: SweepResults, sweep_dir: str | Path, slo: Slo) -> SweepResults:
-    """Re-score every step's goodput at `slo` from its requests.jsonl (steps without a log keep theirs)."""
+    """Re-score every step's goodput at `slo` from its requests.jsonl.
+
+    Raises LoadTestError naming the missing logs when any step has none: a report must not show
+    the new SLO beside goodput computed at the old one.
+    """
     root = Path(sweep_dir)
+    missing = [root / st.run_dir / "requests.jsonl" for s in sweep.strategies for st in s.steps
+               if not (root / st.run_dir / "requests.jsonl").exists()]
+    if missing:
+        raise LoadTestError(
+            f"cannot re-score at {slo.describe()}: {len(missing)} step(s) have no per-request log (e.g. {missing[0]}), "
+            f"and goodput at another SLO needs every request's TTFT and TPOT. Re-run the sweep, or report at the "
+            f"SLO it was scored at ({sweep.slo.describe()}) without --ttft-slo-ms/--tpot-slo-ms")
     strategies = []
     for s in sweep.strategies:
-        steps = []
-        for st in s.steps:
-            log = root / st.run_dir / "requests.jsonl"
-            if log.exists():
-                st = st.model_copy(update={"goodput": goodput(read_requests(log), slo, st.duration_s)})
-            steps.append(st)
-        strategies.append(s.model_copy(update={"steps": tuple(steps)}))
+        steps = tuple(st.model_copy(update={"goodput": goodput(read_requests(root / st.run_dir / "requests.jsonl"),
+                                                               slo, st.duration_s)}) for st in s.steps)
+        strategies.append(s.model_copy(update={"steps": steps}))
     return sweep.model_copy(update={"slo": slo, "strategies": tuple(strategies)})
 
 

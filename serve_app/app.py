@@ -23,7 +23,7 @@ from serve_app.engines.registry import engine_class
 from serve_app.schema import TINY_PREFIX, AppConfig, ModelConfig, load_config, parse_config, resolve_local_dir
 from serve_app.errors import ConfigError
 
-__all__ = ["build_application", "build_app_from_args", "layout_for", "deployment_options"]
+__all__ = ["build_application", "build_app_from_args", "layout_for", "deployment_options", "deployment_name"]
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,18 @@ def layout_for(model: ModelConfig, *, accelerators_per_node: int | None = None,
                        extra_accelerators=extra_accelerators, where=where)
 
 
+def deployment_name(model: ModelConfig) -> str:
+    """Return the Serve deployment name of `model`'s replicas."""
+    return "model-" + re.sub(r"[^A-Za-z0-9_-]+", "-", model.name)
+
+
 def deployment_options(model: ModelConfig, layout: Layout) -> dict[str, Any]:
     """Return the `serve.deployment(...).options()` kwargs of `model`'s deployment."""
     env = dict(CPU_ENGINE_ENV) if model.placement.on_cpu else {}
     env.update(model.env)
     bundle0 = layout.bundles[0]
     opts: dict[str, Any] = {
-        "name": "model-" + re.sub(r"[^A-Za-z0-9_-]+", "-", model.name),
+        "name": deployment_name(model),
         "placement_group_bundles": [dict(b) for b in layout.bundles],
         "placement_group_strategy": layout.strategy,
         # The replica actor takes bundle 0's CPU; its engine workers take the accelerators.
@@ -90,7 +95,8 @@ def _model_dir(model: ModelConfig) -> str:
 
 def build_application(config: AppConfig, *, check_placement: bool = True,
                       engines: Mapping[str, Any] | None = None,
-                      layouts: Sequence[Layout] | None = None) -> Application:
+                      layouts: Sequence[Layout] | None = None,
+                      cluster_can_grow: bool | None = None) -> Application:
     """Return the Serve application for `config`.
 
     `engines` maps engine names (models[].engine) to engine classes over the registry's
@@ -100,7 +106,9 @@ def build_application(config: AppConfig, *, check_placement: bool = True,
 
     With Ray connected (it connects to $RAY_ADDRESS or starts locally first), each model's
     placement group is probed and a placement no node can hold raises PlacementError within
-    `placement.schedule_timeout_s` instead of hanging the deploy.
+    `placement.schedule_timeout_s` instead of hanging the deploy. On a Ray started by this
+    process (`cluster_can_grow` False; default: whether ensure_ray started it) no autoscaler can
+    add nodes, so a placement the nodes can never hold fails at once.
     """
     from cluster.placement import check_schedulable
     from serve_app.deployment import DirectModelServer, ModelServer, ReplicaSpec
@@ -108,14 +116,15 @@ def build_application(config: AppConfig, *, check_placement: bool = True,
 
     from serve_app.ingress.gate import OPENAI_ROUTES, ROUTER_ROUTES, GateSpec
 
-    ensure_ray(config)
+    session = ensure_ray(config)
+    can_grow = not session.started if cluster_can_grow is None else cluster_can_grow
     direct = config.direct_ingress
     bound = {}
     for i, m in enumerate(config.models):
         layout = layouts[i] if layouts else layout_for(m, extra_accelerators=config.accelerators, where=f"models[{i}]")
         if check_placement:
             check_schedulable(model=m.name, bundles=list(layout.bundles), strategy=layout.strategy,
-                              timeout_s=m.placement.schedule_timeout_s)
+                              timeout_s=m.placement.schedule_timeout_s, can_grow=can_grow)
         engine = (engines or {}).get(m.engine) or engine_class(m.engine)
         spec = ReplicaSpec(model=m, model_index=i, model_dir=_model_dir(m), layout=layout, engine=engine,
                            gate=GateSpec.from_config(config, routes=OPENAI_ROUTES) if direct else None)

@@ -40,6 +40,15 @@ class ReplicaSpec:
 
 
 async def _start_engine(spec: ReplicaSpec):
+    if spec.model_dir and spec.model_dir == spec.model.source:  # a hub id: the engine would download it
+        from serve_app.errors import EngineError
+        from serve_app.sources import source_status
+
+        # A hub id vLLM cannot fetch costs ~30 s of retries per start, then Serve restarts us:
+        # one quick look (cache, then one hub request) fails this start with the reason instead.
+        status = source_status(spec.model.source, network=True)
+        if not status.ok:
+            raise EngineError(f"models[{spec.model_index}].source: {status.note}")
     return await spec.engine.start(EngineSpec(model=spec.model, layout=spec.layout, model_dir=spec.model_dir,
                                               where=f"models[{spec.model_index}]"))
 

@@ -238,3 +238,34 @@ def test_explain_reads_a_running_apps_endpoint():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_explain_of_a_model_the_app_does_not_serve_fails_naming_the_served_ones(files):
+    # Like the real endpoint: the history of any name is an empty list; /v1/models says what is served.
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            body = json.dumps({"object": "list", "data": [{"id": "m"}]} if self.path == "/v1/models" else []).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        nosuch = CliRunner().invoke(cli, ["explain", url, "-m", "nosuch"])
+        assert nosuch.exit_code == 1 and "serves no model 'nosuch'; it serves m" in nosuch.output
+        empty = CliRunner().invoke(cli, ["explain", url, "-m", "m", "--json"])
+        assert empty.exit_code == 0 and "no autoscaling decisions yet for m" in empty.output
+    finally:
+        server.shutdown()
+        server.server_close()
+    recs = replay_records(files / "trace.jsonl", files / "deploy.yaml", "m", startup_s=20, slots_per_replica=32)
+    (files / "decisions.jsonl").write_text("\n".join(r.to_json() for r in recs))
+    other = CliRunner().invoke(cli, ["explain", str(files / "decisions.jsonl"), "-m", "nosuch"])
+    assert other.exit_code == 1 and "has no decisions of model 'nosuch'; it has m" in other.output

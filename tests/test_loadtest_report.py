@@ -104,6 +104,15 @@ def test_table_has_a_row_per_step_the_best_strategy_and_errors():
     assert "error: pp2:enforce_eager=false: RuntimeError: engine died" in text
 
 
+def test_throughput_is_also_given_per_accelerator():
+    import re
+
+    lines = table_lines(_sweep())
+    assert "accel" in lines[1] and "tok/s/accel" in lines[1]
+    tp2_c4 = next(line for line in lines if line.startswith("tp2") and " 1100.0" in line)
+    assert re.search(r"1100\.0\s+2\s+550\.0\s", tp2_c4)  # tp2 holds 2 accelerators: 1100 / 2 per accelerator
+
+
 def test_report_writes_pngs_and_a_self_contained_html(tmp_path):
     (tmp_path / "tp1" / "c4").mkdir(parents=True)
     (tmp_path / "tp1" / "c4" / "report.html").write_text("locust")
@@ -150,21 +159,43 @@ def _write_log(path: Path, records) -> None:
     (path / "requests.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in records))
 
 
+def _write_all_logs(root: Path, sweep) -> None:
+    for s in sweep.strategies:
+        for st in s.steps:
+            if not (root / st.run_dir).exists():
+                _write_log(root / st.run_dir, LOG)
+
+
 def test_with_slo_rescores_goodput_from_the_request_logs(tmp_path):
-    _write_log(tmp_path / "tp1" / "c1", LOG)
     sweep = _sweep()
+    _write_all_logs(tmp_path, sweep)
     rescored = with_slo(sweep, tmp_path, Slo(ttft_ms=None, tpot_ms=None))
     step = rescored.strategies[0].steps[0]
     assert step.goodput.requests_meeting_slo == 5 and step.goodput.requests_per_s == pytest.approx(0.5)  # 10 s step
-    assert rescored.strategies[0].steps[1] == sweep.strategies[0].steps[1]  # no log: kept
     assert rescored.slo == Slo(ttft_ms=None, tpot_ms=None)
+
+
+def test_rescoring_without_request_logs_refuses_naming_them(tmp_path):
+    _write_log(tmp_path / "tp1" / "c1", LOG)  # one step has its log, the others not
+    with pytest.raises(LoadTestError, match=r"cannot re-score at TTFT <= 40 ms.*no per-request log \(e.g. .*tp1/c4"):
+        with_slo(_sweep(), tmp_path, Slo(ttft_ms=40, tpot_ms=50))
+
+
+def test_report_command_refuses_the_shipped_example_at_another_slo(tmp_path):
+    from conftest import REPO
+    from loadtest.cli import cli
+
+    res = CliRunner().invoke(cli, ["report", str(REPO / "docs/sweep-example"), "--ttft-slo-ms", "40", "-o", str(tmp_path)])
+    assert res.exit_code == 2, res.output
+    assert "no per-request log" in res.output and "in SLO" not in res.output
+    assert not (tmp_path / "report.html").exists()
 
 
 def test_report_command_prints_the_table_and_writes_the_files(tmp_path):
     from loadtest.cli import cli
 
     write_sweep(_sweep(), tmp_path)
-    _write_log(tmp_path / "tp1" / "c1", LOG)
+    _write_all_logs(tmp_path, _sweep())
     res = CliRunner().invoke(cli, ["report", str(tmp_path), "--ttft-slo-ms", "0", "--tpot-slo-ms", "50"])
     assert res.exit_code == 0, res.output
     assert "TPOT <= 50 ms" in res.output and "tp2 pp1 ep1 x1" in res.output

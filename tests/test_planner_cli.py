@@ -81,3 +81,41 @@ def test_planner_imports_neither_ray_vllm_nor_locust():
             "print(sorted(m for m in ('ray', 'vllm', 'locust', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_context_beyond_the_models_limit_is_refused_like_serve_does():
+    result = runner.invoke(cli, ["-m", "mistralai/Mistral-7B-Instruct-v0.3", "--gpu", "L4", "--gpus-per-node", "1",
+                                 "--context", "100000"])
+    assert result.exit_code == 2
+    assert "--context 100000 exceeds mistral-7b-v0.3's max_position_embeddings 32768" in result.output
+
+
+def test_the_table_separates_one_sequence_from_full_batch_and_states_the_prompt():
+    result = runner.invoke(cli, [*MIXTRAL_ON_4_A100, "--prompt-len", "1000"])
+    assert result.exit_code == 0, result.output
+    assert "TTFT of a 1000 token prompt (--prompt-len)" in result.output
+    header = next(line for line in result.output.splitlines() if line.startswith("#  layout"))
+    assert "ttft ms 1-seq" in header and "tok/s cluster @batch" in header and "itl ms @batch" in header
+    default = runner.invoke(cli, MIXTRAL_ON_4_A100)
+    assert "TTFT of a 4096 token prompt (half the context; set --prompt-len)" in default.output
+
+
+def test_a_deploy_file_is_planned_and_emitted_as_yaml_to_paste():
+    import yaml
+
+    from conftest import REPO
+
+    scenario = REPO / "cluster/k8s/scenarios/mixtral-8x7b-a100-40g.yaml"
+    result = runner.invoke(cli, ["-c", str(scenario), "--emit-config"])
+    assert result.exit_code == 0, result.output
+    block = yaml.safe_load(result.output)
+    model = yaml.safe_load(scenario.read_text())["models"][0]
+    assert block["max_model_len"] == model["max_model_len"]
+    assert block["placement"]["accelerator_type"] == model["placement"]["accelerator_type"]
+    assert set(block["parallelism"]) == {"tensor", "pipeline", "expert"}
+    # What it prints is a valid model block: paste it into the scenario and the config loads.
+    from serve_app.schema import parse_config
+
+    cfg = yaml.safe_load(scenario.read_text())
+    cfg["models"][0].update(block)
+    parse_config(cfg)

@@ -105,6 +105,25 @@ def test_unusable_configs_are_refused(cfg, match):
         ModelSpec.from_hf_config(cfg, name="x")
 
 
+@pytest.mark.parametrize(("hub_id", "name"), [
+    ("mistralai/Mistral-Medium-3.5-128B", "dense-128b"),
+    ("Qwen/Qwen3.5-122B-A10B", "moe-122b-a10b"),
+    ("mistralai/Mistral-7B-Instruct-v0.3", "mistral-7b-v0.3"),
+])
+def test_the_scenarios_hub_ids_are_known(hub_id, name):
+    assert model_spec(hub_id) is MODEL_CATALOG[name]
+
+
+def test_every_scenario_source_is_in_the_catalog():
+    import yaml
+
+    from conftest import REPO
+
+    for f in sorted((REPO / "cluster/k8s/scenarios").glob("*.yaml")):
+        for m in yaml.safe_load(f.read_text())["models"]:
+            model_spec(m["source"])  # raises PlannerError for an unknown id
+
+
 def test_lookup_by_name_hub_id_tiny_and_dir(tmp_path, monkeypatch):
     assert model_spec("Mixtral-8x7B") is MODEL_CATALOG["mixtral-8x7b"]
     assert model_spec("mistralai/Mixtral-8x22B-Instruct-v0.1") is MODEL_CATALOG["mixtral-8x22b"]
@@ -115,7 +134,7 @@ def test_lookup_by_name_hub_id_tiny_and_dir(tmp_path, monkeypatch):
     assert model_spec(str(d)).name == "qwen3-30b"
     monkeypatch.chdir(tmp_path)
     assert model_spec("qwen3-30b").num_experts == 128  # a bare relative dir, as typed on the CLI
-    with pytest.raises(PlannerError, match="mistral-7b, mixtral-8x7b"):
+    with pytest.raises(PlannerError, match="mistral-7b, mistral-7b-v0.3, mixtral-8x7b"):
         model_spec("org/unknown-model")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")

@@ -27,6 +27,12 @@ MODEL_CATALOG: dict[str, ModelSpec] = {m.name: m for m in (
         notes="Mistral-7B-Instruct-v0.2 config (no sliding window; v0.1 used a 4096-token window).",
     ),
     ModelSpec(
+        name="mistral-7b-v0.3", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+        head_dim=128, intermediate_size=14336, vocab_size=32768, max_position_embeddings=32768,
+        hub_ids=("mistralai/Mistral-7B-Instruct-v0.3", "mistralai/Mistral-7B-v0.3"),
+        notes="Mistral-7B-v0.3 config: v0.2's architecture with the vocabulary extended to 32768.",
+    ),
+    ModelSpec(
         name="mixtral-8x7b", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
         head_dim=128, intermediate_size=14336, vocab_size=32000, num_experts=8, num_experts_per_tok=2,
         moe_intermediate_size=14336, max_position_embeddings=32768,
@@ -51,6 +57,8 @@ MODEL_CATALOG: dict[str, ModelSpec] = {m.name: m for m in (
         name="dense-128b", hidden_size=12288, num_hidden_layers=92, num_attention_heads=96, num_key_value_heads=8,
         head_dim=128, intermediate_size=28672, vocab_size=32768, max_position_embeddings=131072,
         estimated=_ARCH + ("max_position_embeddings",),
+        # The scenarios' model; its config is not public, so the numbers stay an estimate.
+        hub_ids=("mistralai/Mistral-Medium-3.5-128B",),
         notes="Estimate: a Mistral-Large-2-shaped dense model (which has 88 layers, 123B) grown to 92 layers = 128.1B.",
     ),
     ModelSpec(
@@ -59,6 +67,7 @@ MODEL_CATALOG: dict[str, ModelSpec] = {m.name: m for m in (
         moe_intermediate_size=768, shared_expert_intermediate_size=1536, max_position_embeddings=262144,
         estimated=_ARCH + ("num_experts", "num_experts_per_tok", "moe_intermediate_size",
                            "shared_expert_intermediate_size", "max_position_embeddings"),
+        hub_ids=("Qwen/Qwen3.5-122B-A10B",),
         notes="Estimate: a Qwen-MoE-shaped model (256 experts top-8 plus a shared expert) sized to 122B total, 10B active; "
               "the real model's attention may differ (e.g. hybrid linear attention), which changes KV figures.",
     ),

@@ -104,20 +104,47 @@ def explain(
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Bearer token when the app requires one."),
     as_json: bool = typer.Option(False, "--json", help="Print the records as JSONL."),
 ) -> None:
-    """Show recent autoscaling decisions with their inputs and every clamp applied, in order."""
+    """Show recent autoscaling decisions with their inputs and every clamp applied, in order.
+
+    Example: fleetserve autoscaler explain http://127.0.0.1:8000 -m tiny-dense --changes-only
+    """
     try:
         if source.startswith(("http://", "https://")):
             if not model:
                 raise typer.BadParameter("--model is required when reading from a running app", param_hint="--model")
             records = fetch_records(source, model, last=last, api_key=api_key)
+            if not records:
+                _check_served(source, model, api_key=api_key)
         else:
             records = load_records(source, model=model)
+            if not records and model:
+                known = sorted({r.model for r in load_records(source)})
+                if known:
+                    raise ValueError(f"{source} has no decisions of model {model!r}; it has {', '.join(known)}")
     except (OSError, ValueError, RuntimeError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e
+    if not records:
+        # stdout stays valid (empty) JSONL for --json; the note goes to stderr.
+        typer.echo(f"no autoscaling decisions yet for {model or source} (the policy records one per "
+                   "decision interval once replicas report)", err=True)
+        if not as_json:
+            return
     echo_records(records[-last:], as_json=as_json, why=why, changes_only=changes_only)
 
 
+def _check_served(url: str, model: str, *, api_key: str | None) -> None:
+    """Raise RuntimeError when the app at `url` does not serve `model` (its history endpoint answers [] for any name)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        resp = httpx.get(url.rstrip("/") + "/v1/models", headers=headers, timeout=10)
+        served = [m["id"] for m in resp.json()["data"]] if resp.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        served = None
+    if served is not None and model not in served:
+        raise RuntimeError(f"{url} serves no model {model!r}; it serves {', '.join(served) or 'none'} (pass one with -m)")
 
 
 from serve_app.autoscaling import _replay_cli  # noqa: E402,F401  (registers replay and tune on `cli`)
