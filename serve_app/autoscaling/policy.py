@@ -265,7 +265,11 @@ def _needs(obs: Observation, state: PolicyState, policy: AutoscalingConfig) -> _
         per_replica = obs.running_requests / obs.current_replicas
         seen = per_replica if per_replica > 0 else seen
     absorbed = (per_replica or 0.0) * unit
-    queue_need = _ceil((obs.running_requests * unit + backlog) / (absorbed + target)) if backlog > 0 else 0
+    # With no replica nothing can be running: a running count then is stale (metrics of replicas
+    # just removed). Counted, it sized the wake-up on work that no longer exists and the next
+    # decision took the overshoot back (0 -> 2 -> 1 under constant load, found by hypothesis).
+    running = obs.running_requests if obs.current_replicas > 0 else 0.0
+    queue_need = _ceil((running * unit + backlog) / (absorbed + target)) if backlog > 0 else 0
     busy_need = _busy_need(obs, policy)
     capacity = obs.capacity_replicas
     mode: Mode = "normal"
