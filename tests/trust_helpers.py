@@ -200,3 +200,25 @@ HOSTILE_HEADERS = st.fixed_dictionaries({}, optional={
     "accept": st.sampled_from(["*/*", "text/event-stream", "application/xml"]),
     "authorization-extra": st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=20),
 })
+
+
+def send_hostile(base_url: str, data, *, methods: list[str], auths: list[dict], secrets: tuple[str, ...],
+                 seen: dict) -> None:
+    """Draw one hostile request, send it, and check the answer: no 5xx, JSON errors on /v1/, no secret echoed."""
+    import httpx
+
+    method = data.draw(st.sampled_from(methods))
+    path = data.draw(st.sampled_from(HOSTILE_PATHS))
+    headers = {**data.draw(HOSTILE_HEADERS), **data.draw(st.sampled_from(auths))}
+    body = data.draw(hostile_chat_body("tiny-dense"))
+    with httpx.Client(base_url=base_url, timeout=60) as c:
+        r = c.request(method, path, content=body, headers=headers)
+    seen["n"] += 1
+    seen["statuses"][r.status_code] = seen["statuses"].get(r.status_code, 0) + 1
+    assert r.status_code < 500, (method, path, body[:200], r.status_code, r.text[:300])
+    # A header value the HTTP parser refuses (e.g. a control character) never reaches the app:
+    # uvicorn answers its own plain 400, which carries nothing internal. Everything else is JSON.
+    parser_refusal = r.status_code == 400 and r.text == "Invalid HTTP request received."
+    if r.status_code >= 400 and path.startswith("/v1/") and not parser_refusal:
+        assert r.headers["content-type"].startswith("application/json"), (path, r.status_code, r.text[:200])
+        assert "Traceback" not in r.text and not any(k in r.text for k in secrets)
