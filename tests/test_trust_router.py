@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from types import SimpleNamespace
 
 import httpx
@@ -20,9 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import wait_until
-from trust_helpers import (KEY, counts, engine_core_of, fault_summary, live_app, locust_fault_load, model, read_log,
-                           replica_processes, running_replicas, send_hostile)
+from trust_helpers import (KEY, counts, fault_summary, kill_engine_then_replica, live_app, locust_fault_load, model,
+                           read_log, replica_processes, running_replicas, send_hostile)
 
 pytestmark = pytest.mark.slow
 
@@ -123,30 +121,13 @@ def test_overload_is_shed_with_503_and_retry_after_while_admitted_requests_compl
     assert after < before * 1.10 + 64, (before, after)  # shedding keeps no state per refused request
 
 
-def _recovered_at(since: float) -> float:
-    wait_until(lambda: running_replicas(APP, DEPLOYMENT) == 2 and len(replica_processes(APP)) == 2,
-               timeout_s=180, interval_s=0.5, what="the fleet back at 2 running replicas")
-    return time.monotonic() - since
-
-
 def test_engine_death_then_replica_death_under_locust_load_end_every_request_cleanly(app, tmp_path):
     log = tmp_path / "requests.jsonl"
     with locust_fault_load(app, model_name="tiny-dense", key=KEY, users=4, log=log):
-        time.sleep(5)
-        victim = replica_processes(APP)[0]
-        engine_core_of(victim).kill()
-        t0 = time.monotonic()
-        wait_until(lambda: not victim.is_running() or victim.status() == "zombie", timeout_s=120,
-                   what="Serve replacing the replica whose engine died")
-        engine_recovery_s = _recovered_at(t0)
-        time.sleep(5)
-        replica_processes(APP)[0].kill()
-        t1 = time.monotonic()
-        replica_recovery_s = _recovered_at(t1)
-        time.sleep(5)
+        fault = kill_engine_then_replica(APP, DEPLOYMENT, replicas=2)
     s = fault_summary(read_log(log))
-    print("\nFAULT router:", json.dumps({**counts(s), "engine_death_recovery_s": round(engine_recovery_s, 1),
-                                         "replica_death_recovery_s": round(replica_recovery_s, 1)}))
+    fault.pop("replica_killed_at")
+    print("\nFAULT router:", json.dumps({**counts(s), **fault}))
     assert s["plain"] > 30 and not s["plain_lost"], s["plain_lost"][:5]
     # The router holds the client's connection, so a stream whose replica died mid-way ends with
     # an SSE error event and [DONE]: nothing is cut silently, nothing is refused.

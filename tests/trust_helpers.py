@@ -11,9 +11,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import psutil
 from hypothesis import strategies as st
 
@@ -128,6 +130,36 @@ def locust_fault_load(base_url: str, *, model_name: str, key: str, users: int, l
             proc.wait()
 
 
+def kill_engine_then_replica(app_name: str, deployment: str, replicas: int) -> dict:
+    """Under load already running: SIGKILL one replica's engine core, wait until Serve has replaced that
+    replica and the fleet is whole, then SIGKILL a whole replica process and wait again.
+
+    Returns the seconds each recovery took and the wall-clock time of the replica kill (to tell
+    the requests that were in flight on the killed process apart).
+    """
+    def recovered_after(since: float) -> float:
+        wait_until(lambda: running_replicas(app_name, deployment) == replicas
+                   and len(replica_processes(app_name)) == replicas,
+                   timeout_s=180, interval_s=0.5, what=f"the fleet back at {replicas} running replicas")
+        return time.monotonic() - since
+
+    time.sleep(5)  # steady load first
+    victim = replica_processes(app_name)[0]
+    engine_core_of(victim).kill()  # the engine core dies, the replica process lives on
+    t0 = time.monotonic()
+    wait_until(lambda: not victim.is_running() or victim.status() == "zombie", timeout_s=120,
+               what="Serve replacing the replica whose engine died")
+    engine_s = recovered_after(t0)
+    time.sleep(5)
+    other = replica_processes(app_name)[0]
+    replica_killed_at = time.time()
+    other.kill()  # a whole replica actor
+    replica_s = recovered_after(time.monotonic())
+    time.sleep(5)
+    return {"engine_death_recovery_s": round(engine_s, 1), "replica_death_recovery_s": round(replica_s, 1),
+            "replica_killed_at": replica_killed_at}
+
+
 def read_log(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
@@ -205,8 +237,6 @@ HOSTILE_HEADERS = st.fixed_dictionaries({}, optional={
 def send_hostile(base_url: str, data, *, methods: list[str], auths: list[dict], secrets: tuple[str, ...],
                  seen: dict) -> None:
     """Draw one hostile request, send it, and check the answer: no 5xx, JSON errors on /v1/, no secret echoed."""
-    import httpx
-
     method = data.draw(st.sampled_from(methods))
     path = data.draw(st.sampled_from(HOSTILE_PATHS))
     headers = {**data.draw(HOSTILE_HEADERS), **data.draw(st.sampled_from(auths))}
