@@ -278,7 +278,10 @@ def test_real_vllm_backlog_reaches_the_policy_and_scales_up(serve_url):
         pool.shutdown(wait=True)
     done = sum(f.result() for f in futures)
     assert rec["previous_replicas"] == 1 and rec["direction"] == "up"
-    assert rec["inputs"]["queued_requests"] == 0  # max_ongoing_requests lets all in: the backlog is vLLM's own
+    # max_ongoing_requests lets all in, so the backlog is vLLM's own. Serve's handle-queued figure is
+    # a look-back average and may catch a request between its stream ending and the next one being
+    # assigned (CI saw 0.21), so it is compared with the engine's queue rather than held at 0.
+    assert rec["inputs"]["queued_requests"] < min(1, rec["inputs"]["waiting_requests"]), rec["inputs"]
     assert rec["inputs"]["running_requests"] <= 2  # max_num_seqs
     print(f"\nvLLM: scaled 1->2 {rec['time_s'] - t0:.1f} s after the load started; inputs {rec['inputs']}, "
           f"queue_need {rec['queue_need']}, clamps {rec['clamps']}; {done} requests done")
