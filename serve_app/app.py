@@ -17,7 +17,7 @@ import ray
 from ray import serve
 from ray.serve import Application
 
-from cluster.ray_env import local_fast_path_env
+from cluster.ray_env import free_local_port, local_fast_path_env
 from serve_app.autoscaling.serve_adapter import deployment_scaling_options
 from serve_app.schema import AppConfig, ModelConfig, Parallelism, parse_config, load_config, resolve_local_dir
 from serve_app.schema import TINY_PREFIX
@@ -139,8 +139,10 @@ def ensure_ray(config: AppConfig) -> None:
         if key.endswith("_PORT") or key not in os.environ:
             os.environ[key] = value
     # address="local": never attach to some other Ray that happens to run on this machine.
+    # Ray's metrics export port is the one Prometheus endpoint of this node (serve_app.telemetry.metrics).
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need) + 2), namespace="serve",
-             include_dashboard=config.local_ray.dashboard)
+             include_dashboard=config.local_ray.dashboard,
+             _metrics_export_port=config.local_ray.metrics_export_port or free_local_port())
 
 
 def build_application(config: AppConfig, *, check_placement: bool = True) -> Application:
@@ -165,7 +167,7 @@ def build_application(config: AppConfig, *, check_placement: bool = True) -> App
             check_schedulable(model=m.name, bundles=list(layout.bundles), strategy=layout.strategy,
                               timeout_s=m.placement.schedule_timeout_s)
         spec = ReplicaSpec(model=m, model_index=i, model_dir=_model_dir(m), parallelism=layout.parallelism,
-                           executor=layout.executor,
+                           executor=layout.executor, telemetry=config.telemetry,
                            gate=GateSpec.from_config(config, routes=OPENAI_ROUTES) if direct else None)
         cls = DirectModelServer if direct else ModelServer
         bound[m.name] = serve.deployment(cls).options(**deployment_options(m, layout)).bind(spec)
@@ -174,7 +176,7 @@ def build_application(config: AppConfig, *, check_placement: bool = True) -> App
     router = serve.deployment(Router).options(
         name="router", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100_000
     )
-    return router.bind(bound, GateSpec.from_config(config, routes=ROUTER_ROUTES))
+    return router.bind(bound, GateSpec.from_config(config, routes=ROUTER_ROUTES), config.telemetry)
 
 
 def build_app_from_args(args: dict[str, Any]) -> Application:

@@ -22,6 +22,7 @@ from typing import Any
 from serve_app.schema import ModelConfig, Parallelism
 from serve_app.engines.base import EngineStats
 from serve_app.errors import EngineError
+from serve_app.telemetry.requests import current_request
 
 __all__ = ["VLLMEngine", "build_vllm_args"]
 
@@ -37,9 +38,14 @@ def build_vllm_args(
     parallelism: Parallelism,
     executor: str,
     field_prefix: str = "models[?]",
+    traces_endpoint: str | None = None,
 ) -> Namespace:
     """Return the Namespace `vllm serve` would parse for this deployment.
 
+    `traces_endpoint` turns on vLLM's own request tracing (`--otlp-traces-endpoint`): its
+    `llm_request` span with the engine's queue/prefill/decode timings, parented to the
+    traceparent of the HTTP request. The spans go through the process's tracer provider that
+    serve_app.telemetry installed first (vLLM's own provider then stays unused).
     Raises EngineError naming `<field_prefix>.engine_args.<key>` for a key vLLM does not know.
     """
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
@@ -65,6 +71,8 @@ def build_vllm_args(
     if model_cfg.max_model_len:
         args.max_model_len = model_cfg.max_model_len
     # No args.api_key: vLLM guards only /v1/*; fleetserve's gate checks keys on every route.
+    if traces_endpoint:
+        args.otlp_traces_endpoint = traces_endpoint
     args.disable_fastapi_docs = True  # /docs, /openapi.json: not part of the API (the gate refuses them too)
     try:
         validate_parsed_serve_args(args)
@@ -117,11 +125,27 @@ def _prompt_len(prompt) -> int:
     return len(ids) if ids else 0
 
 
+def _note_finished(out) -> None:
+    """Hand the request's tokens, TTFT and finish reason (vLLM's own numbers) to its telemetry record."""
+    rec = current_request()
+    if rec is None:
+        return
+    stats = getattr(out, "metrics", None)  # RequestStateStats: present because log stats are on
+    rec.engine_output(
+        prompt_tokens=len(out.prompt_token_ids) if out.prompt_token_ids is not None else None,
+        output_tokens=getattr(stats, "num_generation_tokens", None),
+        ttft_s=getattr(stats, "first_token_latency", None),
+        finish_reason=out.outputs[0].finish_reason if out.outputs else None,
+    )
+
+
 def _track_prompt_tokens(engine, holder: _QueueStats) -> None:
     """Count prompt tokens of requests that have no output yet: the token-weighted queue.
 
     vLLM's scheduler stats count waiting requests, not their tokens, and requests differ 100x in
     prefill cost; so we wrap the engine's public `generate` (the serving layer's only entry).
+    The same wrapper hands each finished request's numbers to the request's telemetry record: it
+    runs in the request's task, before the last byte is sent.
     """
     original = engine.generate
 
@@ -130,6 +154,8 @@ def _track_prompt_tokens(engine, holder: _QueueStats) -> None:
         try:
             async for out in original(prompt, sampling_params, request_id, *args, **kwargs):
                 holder.prompt_done(request_id)
+                if out.finished:
+                    _note_finished(out)
                 yield out
         finally:
             holder.prompt_done(request_id)
@@ -168,8 +194,12 @@ class VLLMEngine:
         self._stats = stats
 
     @classmethod
-    async def start(cls, args: Namespace) -> "VLLMEngine":
-        """Start AsyncLLM from `args` (see build_vllm_args) and build vLLM's OpenAI app on it."""
+    async def start(cls, args: Namespace, *, layout: str | None = None) -> "VLLMEngine":
+        """Start AsyncLLM from `args` (see build_vllm_args) and build vLLM's OpenAI app on it.
+
+        With `layout` (inside Ray), vLLM's metrics go to Ray's metrics agent under vLLM's names
+        with a `layout` label (serve_app.telemetry.metrics); without, none are exported.
+        """
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
         from vllm.entrypoints.launchers.app import build_app
@@ -177,13 +207,18 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         holder = _QueueStats()
+        loggers = [_stats_logger_factory(holder)]
+        if layout is not None:
+            from serve_app.telemetry.metrics import vllm_stat_logger
+
+            loggers.append(vllm_stat_logger(layout))
         engine_args = AsyncEngineArgs.from_cli_args(args)
         try:
             vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
             engine = AsyncLLM.from_vllm_config(
                 vllm_config=vllm_config,
                 usage_context=UsageContext.OPENAI_API_SERVER,
-                stat_loggers=[_stats_logger_factory(holder)],
+                stat_loggers=loggers,
                 enable_log_requests=engine_args.enable_log_requests,
                 disable_log_stats=False,  # our stats logger needs the scheduler stats
             )
