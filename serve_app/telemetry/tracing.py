@@ -142,7 +142,15 @@ def install(settings: TracingSettings, *, resource: Mapping[str, str] | None = N
     return provider
 
 
-class PhaseSpans:
+def _span_processor_base():
+    try:
+        from opentelemetry.sdk.trace import SpanProcessor
+    except ImportError:  # pragma: no cover - the SDK is a dependency
+        return object
+    return SpanProcessor
+
+
+class PhaseSpans(_span_processor_base()):
     """Span processor: when vLLM's `llm_request` span ends, add its queued/prefill/decode children.
 
     vLLM records the phases as durations measured by its engine; laid out back from the first
@@ -152,9 +160,6 @@ class PhaseSpans:
 
     def __init__(self, provider: Any):
         self._provider = provider
-
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        pass
 
     def on_end(self, span: Any) -> None:
         if span.name != "llm_request" or not span.context.trace_flags.sampled:
@@ -175,9 +180,3 @@ class PhaseSpans:
             start, end = bounds[name]
             child = tracer.start_span(name, context=ctx, start_time=max(start, span.start_time))
             child.end(end_time=max(end, start))
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
