@@ -124,7 +124,10 @@ def ensure_ray(config: AppConfig, *, address: str | None = None, local_nodes: in
         return RaySession(label=f"local cluster: {local_nodes} nodes x {cpus_per_node:g} CPUs", started=True,
                           _cluster=cluster)
     # address="local": never attach to some other Ray that happens to run on this machine.
-    kwargs = {"num_cpus": local_ray_cpus([config, *size_for]), "include_dashboard": dashboard, **(init_kwargs or {})}
+    # Ray's metrics export port is this node's one Prometheus endpoint (serve_app.telemetry.metrics);
+    # a free one unless the config names it, as another Ray on this machine may hold Ray's default.
+    kwargs = {"num_cpus": local_ray_cpus([config, *size_for]), "include_dashboard": dashboard,
+              "_metrics_export_port": config.local_ray.metrics_export_port or free_local_port(), **(init_kwargs or {})}
     ray.init(address="local", namespace=NAMESPACE, **kwargs)
     return RaySession(label="local", started=True)
 

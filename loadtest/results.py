@@ -124,6 +124,8 @@ class RequestRecord(Frozen):
     e2e_ms: float = Field(..., description="Sent to end of stream (or to the failure).")
     ok: bool = Field(..., description="Streamed to [DONE] with content.")
     error: str | None = Field(None, description="Why it failed.")
+    trace_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description=(
+        "W3C trace id sent in the request's traceparent: the key into the server's traces and request log."))
 
 
 class RunResults(Frozen):

@@ -12,6 +12,10 @@ model; response_time in ms unless said otherwise):
 - LAG   open loop only: how late the request was sent against its schedule
 Definitions: see `loadtest.stream`. Failed requests fire only the E2E failure.
 
+Every request carries a W3C `traceparent` with a fresh trace id (sampled flag off: the server's
+sampling ratio decides), logged as `trace_id` in requests.jsonl, so a slow load-test request can
+be found among the server's traces and in its request log.
+
 The stream is read with `raw.read1()` as bytes arrive and timed per read: measured against a
 server with a known 100 ms TTFT and 20 ms gap, TTFT and ITL medians land within ~2 ms (see
 tests/test_loadtest_live.py). FastHttpUser's chunked readers delay the first token by
@@ -22,6 +26,7 @@ time the response headers, and mix one more row into the table.
 from __future__ import annotations
 
 import http.client
+import os
 import time
 
 import requests
@@ -34,7 +39,7 @@ from loadtest._runtime import ProcessRuntime
 from loadtest.stream import StreamResult, StreamTimer
 from loadtest.workload import ENDPOINT_PATHS, LLMRequest
 
-__all__ = ["LLMUser", "LLMRequestError", "RUNTIME_ATTR"]
+__all__ = ["LLMUser", "LLMRequestError", "RUNTIME_ATTR", "traceparent"]
 
 RUNTIME_ATTR = "fleetserve_runtime"
 """Environment attribute holding this process's `ProcessRuntime` (set at test start by locust_hooks)."""
@@ -94,11 +99,13 @@ class LLMUser(HttpUser):
         lag_ms = None
         if req.due_s is not None:
             lag_ms = max(0.0, (rt.elapsed(time.monotonic()) - req.due_s) * 1000)
+        trace_id = os.urandom(16).hex()
+        headers = {**rt.headers, "traceparent": traceparent(trace_id)}
         start_unix = time.time()
         timer = StreamTimer(time.perf_counter())
         error = None
         try:
-            resp = self.client.post(url, json=body, stream=True, headers=rt.headers,
+            resp = self.client.post(url, json=body, stream=True, headers=headers,
                                     timeout=(30.0, rt.plan.request_timeout_s))
             if resp.status_code == 0:  # HttpSession returns a connection error as a response without a body
                 error = f"{type(resp.error).__name__}: {resp.error}"[:500]
@@ -115,10 +122,11 @@ class LLMUser(HttpUser):
         except _STREAM_ERRORS as e:
             error = f"{type(e).__name__}: {e}"[:500]
         result = timer.finish(time.perf_counter(), error=error)
-        self._report(req, result, start_unix=start_unix, lag_ms=lag_ms, url=url)
+        self._report(req, result, start_unix=start_unix, lag_ms=lag_ms, url=url, trace_id=trace_id)
         return result
 
-    def _report(self, req: LLMRequest, r: StreamResult, *, start_unix: float, lag_ms: float | None, url: str) -> None:
+    def _report(self, req: LLMRequest, r: StreamResult, *, start_unix: float, lag_ms: float | None, url: str,
+                trace_id: str) -> None:
         fire = self.environment.events.request.fire
         e2e_ms = r.e2e_s * 1000
 
@@ -145,5 +153,10 @@ class LLMUser(HttpUser):
             "due_s": req.due_s, "lag_ms": lag_ms, "input_tokens": r.prompt_tokens or req.input_tokens,
             "max_tokens": req.max_tokens, "output_tokens": r.output_tokens,
             "ttft_ms": ttft * 1000 if ttft is not None else None, "tpot_ms": tpot * 1000 if tpot is not None else None,
-            "e2e_ms": e2e_ms, "ok": r.ok, "error": r.error,
+            "e2e_ms": e2e_ms, "ok": r.ok, "error": r.error, "trace_id": trace_id,
         })
+
+
+def traceparent(trace_id: str) -> str:
+    """A W3C traceparent for a new trace: version 00, `trace_id` (32 hex), a random parent id, not sampled."""
+    return f"00-{trace_id}-{os.urandom(8).hex()}-00"

@@ -127,6 +127,7 @@ def build_application(config: AppConfig, *, check_placement: bool = True,
                               timeout_s=m.placement.schedule_timeout_s, can_grow=can_grow)
         engine = (engines or {}).get(m.engine) or engine_class(m.engine)
         spec = ReplicaSpec(model=m, model_index=i, model_dir=_model_dir(m), layout=layout, engine=engine,
+                           telemetry=config.telemetry,
                            gate=GateSpec.from_config(config, routes=OPENAI_ROUTES) if direct else None)
         cls = DirectModelServer if direct else ModelServer
         bound[m.name] = serve.deployment(cls).options(**deployment_options(m, layout)).bind(spec)
@@ -135,7 +136,7 @@ def build_application(config: AppConfig, *, check_placement: bool = True,
     router = serve.deployment(Router).options(
         name="router", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100_000
     )
-    return router.bind(bound, GateSpec.from_config(config, routes=ROUTER_ROUTES))
+    return router.bind(bound, GateSpec.from_config(config, routes=ROUTER_ROUTES), config.telemetry)
 
 
 def build_app_from_args(args: dict[str, Any]) -> Application:

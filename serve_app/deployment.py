@@ -10,19 +10,21 @@ executor). Engine stats reach the autoscaler through `record_autoscaling_stats`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
 
 from ray import serve
 
 from cluster.planner.layout import Layout
 from serve_app.engines.registry import EngineSpec
-from serve_app.schema import ModelConfig
+from serve_app.schema import ModelConfig, TelemetryConfig
 from serve_app.ingress.asgi_forward import forward_asgi
 from serve_app.ingress.gate import GateSpec
+from serve_app.telemetry import RequestLog, RequestTelemetry, TracingSettings
 
-__all__ = ["ModelServer", "DirectModelServer", "ReplicaSpec"]
+__all__ = ["ModelServer", "DirectModelServer", "ReplicaSpec", "wrap_engine_app", "start_engine"]
 
 log = logging.getLogger("ray.serve")
 
@@ -37,9 +39,37 @@ class ReplicaSpec:
     layout: Layout  # resolved once (cluster.planner.plan_layout); model.parallelism may still say "auto"
     engine: Any  # the engine class (serve_app.engines.registry); pickled by reference into the replica
     gate: GateSpec | None = None  # direct ingress only: the replica is the app's HTTP front
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
 
-async def _start_engine(spec: ReplicaSpec):
+def wrap_engine_app(engine: Any, spec: ReplicaSpec, *, replica: str, layout: str,
+                    on_refused: Callable[[int, str], None] | None = None) -> tuple[Any, Callable[[Any], Any]]:
+    """Return (guarded engine app, front) of one replica; front(app) adds the request span and log line.
+
+        front(Gate(guarded))  direct ingress: the replica is the HTTP front
+        front(guarded)        behind the router (ModelServer.http)
+    """
+    from serve_app.ingress.guard import EngineGuard
+
+    guarded = EngineGuard(engine.asgi_app, model=spec.model.name, alive=engine.alive,
+                          waiting_prompt_tokens=lambda: engine.stats().waiting_tokens,
+                          limits=spec.model.limits, on_refused=on_refused,
+                          # Serve's next health check flips the replica's /-/healthz; HAProxy then
+                          # needs one check at 1 s and a second at its 250 ms fastinter to mark it down.
+                          dead_hold_s=spec.model.health_check_period_s + 1.5)
+    path = spec.telemetry.request_log
+    request_log = RequestLog(path, static={"replica": replica, "layout": layout}) if path else None
+    attrs = {"fleetserve.replica": replica, "fleetserve.layout": layout, "fleetserve.deployment": spec.model.name}
+
+    def front(app: Any) -> RequestTelemetry:
+        return RequestTelemetry(app, role="replica", model=spec.model.name, attributes=attrs, request_log=request_log)
+
+    return guarded, front
+
+
+async def start_engine(spec: ReplicaSpec, *, traces_endpoint: str | None = None, metrics_layout: str | None = None):
+    """Start the engine `spec` names. `traces_endpoint`: vLLM's OTLP traces go there (None: off);
+    `metrics_layout`: vLLM's metrics go to Ray's metrics agent with this `layout` label (None: off)."""
     if spec.model_dir and spec.model_dir == spec.model.source:  # a hub id: the engine would download it
         from serve_app.errors import EngineError
         from serve_app.sources import source_status
@@ -50,24 +80,32 @@ async def _start_engine(spec: ReplicaSpec):
         if not status.ok:
             raise EngineError(f"models[{spec.model_index}].source: {status.note}")
     return await spec.engine.start(EngineSpec(model=spec.model, layout=spec.layout, model_dir=spec.model_dir,
-                                              where=f"models[{spec.model_index}]"))
+                                              where=f"models[{spec.model_index}]", traces_endpoint=traces_endpoint,
+                                              metrics_layout=metrics_layout))
 
 
 class ModelServer:
     """A Serve replica wrapping one engine and its OpenAI app."""
 
     async def __init__(self, spec: ReplicaSpec):
-        from serve_app.ingress.guard import EngineGuard
+        from serve_app.telemetry import install
+        from serve_app.telemetry.metrics import Refusals, layout_label, replica_id, report_engine_signals
 
         self._spec = spec
-        self._engine = await _start_engine(spec)
-        engine = self._engine
-        self._app = EngineGuard(engine.asgi_app, model=spec.model.name, alive=engine.alive,
-                                waiting_prompt_tokens=lambda: engine.stats().waiting_tokens,
-                                limits=spec.model.limits,
-                                # Serve's next health check flips the replica's /-/healthz; HAProxy then
-                                # needs one check at 1 s and a second at its 250 ms fastinter to mark it down.
-                                dead_hold_s=spec.model.health_check_period_s + 1.5)
+        self._replica = replica_id()
+        layout = layout_label(spec.layout.parallelism, spec.layout.executor)
+        # The tracer provider first: vLLM's engine spans then go through it (see build_vllm_args).
+        tracing = TracingSettings.resolve(spec.telemetry)
+        install(tracing, resource={"fleetserve.model": spec.model.name, "fleetserve.replica": self._replica,
+                                   "fleetserve.layout": layout})
+        self._engine = await start_engine(spec, traces_endpoint=tracing.endpoint, metrics_layout=layout)
+        self._refused = Refusals(model=spec.model.name, replica=self._replica)
+        self._app, self._front = wrap_engine_app(self._engine, spec, replica=self._replica, layout=layout,
+                                                 on_refused=self._refused)
+        self._routed = self._front(self._app)
+        # Keep a reference: the loop holds tasks weakly.
+        self._signals = asyncio.get_running_loop().create_task(report_engine_signals(
+            self._engine.stats, model=spec.model.name, replica=self._replica, layout=layout))
         par = spec.layout.parallelism
         log.info("fleetserve: %s ready (engine=%s tp=%d pp=%d ep=%d executor=%s)", spec.model.name,
                  spec.engine.__name__, par.tensor, par.pipeline, par.expert, spec.layout.executor)
@@ -77,7 +115,7 @@ class ModelServer:
     ) -> AsyncIterator[Any]:
         """Serve one HTTP request forwarded by the router; yields ("start", status, headers) then chunks."""
         async for item in forward_asgi(
-            self._app, method=method, path=path, query_string=query_string, headers=headers, body=body
+            self._routed, method=method, path=path, query_string=query_string, headers=headers, body=body
         ):
             yield item
 
@@ -113,5 +151,6 @@ class DirectModelServer(ModelServer):
         # The audit-trail endpoint lives beside vLLM's routes (one ingress per app in direct mode).
         inner.router.routes.insert(0, Route("/-/autoscaler/{model}", autoscaler_history, methods=["GET"]))
         served = [getattr(r, "path", None) for r in inner.router.routes]
-        # client ──► Gate (routes, key, limits) ──► EngineGuard (engine state) ──► vLLM's OpenAI app
-        return Gate(self._app, self._spec.gate).restrict_to(p for p in served if p)
+        # client ──► RequestTelemetry (span, log line) ──► Gate (routes, key, limits) ──► EngineGuard (engine state) ──► vLLM's OpenAI app
+        gate = Gate(self._app, self._spec.gate, on_refused=self._refused).restrict_to(p for p in served if p)
+        return self._front(gate)

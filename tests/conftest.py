@@ -40,3 +40,22 @@ def shared_dir_or_skip(sub: str) -> Path:
             pytest.fail(f"{p} is missing; CI always has ../shared beside the clone")
         pytest.skip(f"{p} not present (only CI and the dev machines have ../shared)")
     return p
+
+
+@pytest.fixture(scope="session")
+def span_exporter():
+    """The test process's tracer provider (one per process, like a replica's): the SDK's in-memory exporter.
+
+    Sampling ratio 0: a request is traced only when its traceparent says sampled (flag 01), so a
+    test picks sampled and sampled-out requests by the header alone.
+    """
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from serve_app.schema import TelemetryConfig
+    from serve_app.telemetry import TracingSettings, install
+
+    exporter = InMemorySpanExporter()
+    settings = TracingSettings.resolve(TelemetryConfig(sampling_ratio=0.0), env={})
+    if install(settings, exporter=exporter, simple=True) is None:
+        pytest.fail("the in-memory tracer provider was not installed")
+    return exporter

@@ -97,9 +97,14 @@ def test_local_fast_path_env_gives_haproxy_free_ports_and_the_pod_env_does_not()
     assert local_fast_path_env(slow) == {}
 
 
-def test_telemetry_settings_are_refused_until_something_reads_them():
-    # Accepted-and-ignored would pretend to trace; the defaults (the block omitted) still load.
+def test_telemetry_block_loads_and_a_bad_value_names_its_field():
+    # The block is read by serve_app.telemetry (tests/test_telemetry.py); bad values fail at load.
     base = {"models": [{"name": "m", "source": "tiny:dense", "engine": "sim"}]}
     assert parse_config(base).telemetry.otlp_endpoint is None
-    with pytest.raises(ConfigError, match=r"telemetry\.otlp_endpoint: 'http://collector:4317': tracing export is not wired"):
-        parse_config({**base, "telemetry": {"otlp_endpoint": "http://collector:4317"}})
+    cfg = parse_config({**base, "telemetry": {"otlp_endpoint": "http://collector:4317", "otlp_protocol": "grpc",
+                                              "sampling_ratio": 0.01}})
+    assert (cfg.telemetry.otlp_protocol, cfg.telemetry.sampling_ratio) == ("grpc", 0.01)
+    with pytest.raises(ConfigError, match=r"telemetry\.sampling_ratio"):
+        parse_config({**base, "telemetry": {"sampling_ratio": 1.5}})
+    with pytest.raises(ConfigError, match=r"telemetry\.otlp_protocol"):
+        parse_config({**base, "telemetry": {"otlp_protocol": "udp"}})

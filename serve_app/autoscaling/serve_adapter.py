@@ -215,10 +215,16 @@ class QueueDepthPolicy:
                 self._publish_failed = True
 
     def _set_gauges(self, rec: DecisionRecord) -> None:
-        from ray.util.metrics import Gauge
+        from ray.util.metrics import Counter, Gauge
 
         if self._gauges is None:
             keys = ("model",)
+            self._counters = {
+                "decisions": Counter("fleetserve_autoscaler_decisions", "Decisions taken, by direction (up/down/hold).",
+                                     ("model", "direction")),
+                "clamps": Counter("fleetserve_autoscaler_clamps_applied", "Clamps applied to decisions, by rule.",
+                                  ("model", "clamp")),
+            }
             self._gauges = {
                 "target_replicas": Gauge("fleetserve_autoscaler_target_replicas", "Replica target the policy chose.", keys),
                 "raw_desired": Gauge("fleetserve_autoscaler_raw_desired_replicas", "Replicas wanted before clamps.", keys),
@@ -232,6 +238,9 @@ class QueueDepthPolicy:
         self._gauges["backlog"].set(rec.backlog, tags)
         self._gauges["panic"].set(1 if rec.mode != "normal" else 0, tags)
         self._gauges["clamps"].set(len(rec.clamps), tags)
+        self._counters["decisions"].inc(1, {**tags, "direction": rec.direction})
+        for clamp in rec.clamps:
+            self._counters["clamps"].inc(1, {**tags, "clamp": clamp.name})
 
 
 class _AuditStore:

@@ -35,6 +35,8 @@ class EngineSpec:
     layout: "Layout"
     model_dir: str = ""  # local weights ("" for the simulator, which reads none)
     where: str = "models[?]"  # the model's config path, for error messages
+    traces_endpoint: str | None = None  # OTLP endpoint for the engine's own spans (vLLM's tracing); None: off
+    metrics_layout: str | None = None  # inside Ray: export the engine's metrics with this `layout` label
 
 
 def engine_class(name: str) -> Any:

@@ -23,6 +23,7 @@ from serve_app.schema import ModelConfig, Parallelism
 from serve_app.engines.base import EngineStats, recent_ttft
 from serve_app.engines.registry import EngineSpec
 from serve_app.errors import EngineError
+from serve_app.telemetry.requests import current_request
 
 __all__ = ["VLLMEngine", "build_vllm_args"]
 
@@ -36,9 +37,14 @@ def build_vllm_args(
     parallelism: Parallelism,
     executor: str,
     field_prefix: str = "models[?]",
+    traces_endpoint: str | None = None,
 ) -> Namespace:
     """Return the Namespace `vllm serve` would parse for this deployment.
 
+    `traces_endpoint` turns on vLLM's own request tracing (`--otlp-traces-endpoint`): its
+    `llm_request` span with the engine's queue/prefill/decode timings, parented to the
+    traceparent of the HTTP request. The spans go through the process's tracer provider that
+    serve_app.telemetry installed first (vLLM's own provider then stays unused).
     Raises EngineError naming `<field_prefix>.engine_args.<key>` for a key vLLM does not know.
     """
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
@@ -64,6 +70,8 @@ def build_vllm_args(
     if model_cfg.max_model_len:
         args.max_model_len = model_cfg.max_model_len
     # No args.api_key: vLLM guards only /v1/*; fleetserve's gate checks keys on every route.
+    if traces_endpoint:
+        args.otlp_traces_endpoint = traces_endpoint
     args.disable_fastapi_docs = True  # /docs, /openapi.json: not part of the API (the gate refuses them too)
     try:
         validate_parsed_serve_args(args)
@@ -106,6 +114,37 @@ class _QueueStats:
             return self._stats
 
 
+def _note_finished(out) -> None:
+    """Hand the request's tokens, TTFT and finish reason (vLLM's own numbers) to its telemetry record."""
+    rec = current_request()
+    if rec is None:
+        return
+    stats = getattr(out, "metrics", None)  # RequestStateStats: present because log stats are on
+    rec.engine_output(
+        prompt_tokens=len(out.prompt_token_ids) if out.prompt_token_ids is not None else None,
+        output_tokens=getattr(stats, "num_generation_tokens", None),
+        ttft_s=getattr(stats, "first_token_latency", None),
+        finish_reason=out.outputs[0].finish_reason if out.outputs else None,
+    )
+
+
+def _report_finished(engine) -> None:
+    """Hand each finished request's numbers to the request's telemetry record (its log line, span).
+
+    We wrap the engine's public `generate` (the serving layer's only entry): the wrapper runs in
+    the request's task, so the record is the request's own, before the last byte is sent.
+    """
+    original = engine.generate
+
+    async def generate(prompt, sampling_params, request_id, *args, **kwargs):
+        async for out in original(prompt, sampling_params, request_id, *args, **kwargs):
+            if out.finished:
+                _note_finished(out)
+            yield out
+
+    engine.generate = generate
+
+
 def _stats_logger_factory(holder: _QueueStats):
     from vllm.v1.metrics.loggers import StatLoggerBase
 
@@ -140,12 +179,17 @@ class VLLMEngine:
     async def start(cls, spec: EngineSpec) -> "VLLMEngine":
         """Start vLLM for `spec`'s model and layout. Raises EngineError naming `<spec.where>.engine_args...`."""
         args = build_vllm_args(spec.model, model_dir=spec.model_dir, parallelism=spec.layout.parallelism,
-                               executor=spec.layout.executor, field_prefix=spec.where)
-        return await cls.start_from_args(args)
+                               executor=spec.layout.executor, field_prefix=spec.where,
+                               traces_endpoint=spec.traces_endpoint)
+        return await cls.start_from_args(args, layout=spec.metrics_layout)
 
     @classmethod
-    async def start_from_args(cls, args: Namespace) -> "VLLMEngine":
-        """Start AsyncLLM from `args` (see build_vllm_args) and build vLLM's OpenAI app on it."""
+    async def start_from_args(cls, args: Namespace, *, layout: str | None = None) -> "VLLMEngine":
+        """Start AsyncLLM from `args` (see build_vllm_args) and build vLLM's OpenAI app on it.
+
+        With `layout` (inside Ray), vLLM's metrics go to Ray's metrics agent under vLLM's names
+        with a `layout` label (serve_app.telemetry.metrics); without, none are exported.
+        """
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
         from vllm.entrypoints.launchers.app import build_app
@@ -153,13 +197,18 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         holder = _QueueStats()
+        loggers = [_stats_logger_factory(holder)]
+        if layout is not None:
+            from serve_app.telemetry.metrics import vllm_stat_logger
+
+            loggers.append(vllm_stat_logger(layout))
         engine_args = AsyncEngineArgs.from_cli_args(args)
         try:
             vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
             engine = AsyncLLM.from_vllm_config(
                 vllm_config=vllm_config,
                 usage_context=UsageContext.OPENAI_API_SERVER,
-                stat_loggers=[_stats_logger_factory(holder)],
+                stat_loggers=loggers,
                 enable_log_requests=engine_args.enable_log_requests,
                 disable_log_stats=False,  # our stats logger needs the scheduler stats
             )
@@ -168,6 +217,7 @@ class VLLMEngine:
         # Prompt tokens of requests still in prefill (vLLM's own count, as its max_num_queued_tokens
         # admission uses): the token-weighted queue; scheduler stats count requests only.
         holder.queued_tokens = engine.get_num_queued_tokens
+        _report_finished(engine)
         supported_tasks = await engine.get_supported_tasks()
         app = build_app(args, supported_tasks, engine.model_config)
         await init_app_state(engine, app.state, args, supported_tasks)

@@ -110,9 +110,11 @@ def _template_regex(path: str) -> re.Pattern:
 class Gate:
     """ASGI middleware: allow-list, API key, per-key limits, body checks; then the wrapped app."""
 
-    def __init__(self, app: Any, spec: GateSpec):
+    def __init__(self, app: Any, spec: GateSpec, *, on_refused: Callable[[int, str], None] | None = None):
         self.app = app
         self.spec = spec
+        # on_refused(status, reason): the metrics counter of the process (the gate itself stays Ray-free).
+        self._on_refused = on_refused
         self.keys = KeySet(spec.inline_keys, spec.keys_env, spec.keys_file)
         self._limiter = KeyLimiter(spec.key_limits) if spec.key_limits.active else None
         self._exact = {p: m for p, m in spec.routes.items() if "{" not in p}
@@ -170,6 +172,8 @@ class Gate:
         if key_id is not None and self._limiter is not None:
             verdict = self._limiter.acquire(key_id, time.monotonic())
             if not verdict.ok:
+                if self._on_refused is not None:
+                    self._on_refused(429, "key_limit")
                 return await send_json_error(send, 429, verdict.reason, err_type="RateLimitError",
                                              headers=[retry_after(verdict.retry_after_s)])
             try:

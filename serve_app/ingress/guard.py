@@ -42,17 +42,20 @@ class EngineGuard:
     """ASGI middleware in front of one engine's OpenAI app."""
 
     def __init__(self, app: Any, *, model: str, alive: Callable[[], bool], waiting_prompt_tokens: Callable[[], int],
-                 limits: ModelLimits, dead_hold_s: float = 0.0):
+                 limits: ModelLimits, dead_hold_s: float = 0.0, on_refused: Callable[[int, str], None] | None = None):
         self.app = app
         self._dead_hold_s = dead_hold_s
+        self._on_refused = on_refused  # on_refused(status, reason): the replica's metrics counter
         self.model = model
         self._alive = alive
         self._waiting_tokens = waiting_prompt_tokens
         self._limits = limits
         self.shed = 0  # requests refused for capacity or a dead engine since start (a counter, for metrics)
 
-    def _unavailable(self, reason: str) -> list[dict]:
+    def _unavailable(self, reason: str, *, kind: str) -> list[dict]:
         self.shed += 1
+        if self._on_refused is not None:
+            self._on_refused(503, kind)
         return json_error_messages(
             503, f"model `{self.model}` {reason}; retry", err_type="ServiceUnavailableError", param="model",
             headers=[retry_after(self._limits.retry_after_s), (RETRY_HEADER, "1")])
@@ -64,9 +67,10 @@ class EngineGuard:
             refusal = None
             if not self._alive():
                 await asyncio.sleep(self._dead_hold_s)
-                refusal = self._unavailable("is restarting on this replica (its engine stopped)")
+                refusal = self._unavailable("is restarting on this replica (its engine stopped)", kind="engine_dead")
             elif (bound := self._limits.max_waiting_prompt_tokens) and self._waiting_tokens() >= bound:
-                refusal = self._unavailable(f"is at capacity ({bound} prompt tokens waiting for prefill)")
+                refusal = self._unavailable(f"is at capacity ({bound} prompt tokens waiting for prefill)",
+                                             kind="prefill_queue_full")
             if refusal:
                 for msg in refusal:
                     await send(msg)
@@ -113,9 +117,9 @@ class EngineGuard:
 
     async def _replace_5xx(self, status: int, send: Send) -> None:
         if not self._alive():
-            msgs = self._unavailable("is restarting on this replica (its engine stopped)")
+            msgs = self._unavailable("is restarting on this replica (its engine stopped)", kind="engine_dead")
         elif status == 503:
-            msgs = self._unavailable("is unavailable on this replica")
+            msgs = self._unavailable("is unavailable on this replica", kind="engine_unavailable")
         else:
             log.warning("fleetserve: %s answered %d; the client gets a JSON error without its message", self.model, status)
             msgs = json_error_messages(status, f"model `{self.model}` failed to serve the request; it was logged on "

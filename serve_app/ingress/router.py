@@ -24,6 +24,8 @@ from starlette.routing import Route
 from serve_app.ingress.gate import Gate, GateSpec, retry_after
 from serve_app.ingress.guard import RETRY_HEADER
 from serve_app.ingress.http import autoscaler_history, openai_error
+from serve_app.schema import TelemetryConfig
+from serve_app.telemetry import RequestTelemetry, TracingSettings, current_request, install
 
 __all__ = ["Router"]
 
@@ -65,6 +67,9 @@ def _build_app(router: "Router") -> Starlette:
         name = payload.get("model")
         if not isinstance(name, str) or not name:
             return openai_error(400, "`model` is required and must be a string", err_type="BadRequestError", param="model")
+        rec = current_request()
+        if rec is not None:
+            rec.model = name  # the router span's gen_ai.request.model
         if name not in router.handles:
             return openai_error(
                 404, f"The model `{name}` does not exist. Valid models: {', '.join(sorted(router.handles))}.",
@@ -85,9 +90,17 @@ def _build_app(router: "Router") -> Starlette:
 class Router:
     """Ingress deployment holding one handle per model deployment, behind the gate."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle], gate: GateSpec):
+    def __init__(self, handles: dict[str, DeploymentHandle], gate: GateSpec, telemetry: TelemetryConfig | None = None):
+        from serve_app.telemetry.metrics import Refusals, replica_id
+
         self.handles = handles
-        self._app = Gate(_build_app(self), gate)
+        replica = replica_id()
+        install(TracingSettings.resolve(telemetry or TelemetryConfig()),
+                resource={"fleetserve.role": "router", "fleetserve.replica": replica})
+        self._refused = Refusals(model=None, replica=replica)
+        # client ──► RequestTelemetry (router span; its traceparent goes on to the replica) ──► Gate ──► routes
+        self._app = RequestTelemetry(Gate(_build_app(self), gate, on_refused=self._refused), role="router",
+                                     attributes={"fleetserve.replica": replica})
 
     def __serve_build_asgi_app__(self):
         return self._app
@@ -139,10 +152,12 @@ class Router:
         try:
             gen, status, headers = await self._start(name, request.method, request.url.path, body, request)
         except BackPressureError as e:
+            self._refused(503, "backpressure", model=name)
             return openai_error(503, f"model `{name}` is at capacity; retry later", err_type="ServiceUnavailableError",
                                 param="model", headers=dict([retry_after(getattr(e, "retry_after_s", None) or 1)]))
         except Exception as e:  # every attempt failed: the client gets JSON, not a trace
             log.warning("fleetserve: %s unavailable: %r", name, e)
+            self._refused(503, "unavailable", model=name)
             return openai_error(503, f"model `{name}` is temporarily unavailable; retry", err_type="ServiceUnavailableError",
                                 param="model", headers=dict([retry_after(1)]))
         headers = {k: v for k, v in headers if k.lower() not in _HOP_HEADERS}

@@ -221,25 +221,26 @@ class HttpConfig(Frozen):
 
 
 class TelemetryConfig(Frozen):
-    """OpenTelemetry export: reserved. Nothing exports traces yet, so only the defaults are accepted.
+    """Traces and the request log (serve_app/telemetry). The standard OTEL_* variables win over these.
 
-    A setting that is accepted and ignored would pretend: until observability wires this block,
-    any non-default value fails at load naming the field.
+    Precedence, first wins (serve_app.telemetry.tracing.TracingSettings.resolve):
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT, `otlp_endpoint`;
+    OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL, `otlp_protocol`;
+    OTEL_TRACES_SAMPLER (+ _ARG), `sampling_ratio`; OTEL_SERVICE_NAME, `service_name`.
     """
 
-    otlp_endpoint: str | None = Field(None, description="OTLP collector URL; tracing is off when omitted.")
-    service_name: str = Field("fleetserve", min_length=1, description="service.name resource attribute.")
-    sampling_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of requests traced.")
-
-    @model_validator(mode="after")
-    def _not_wired_yet(self) -> "TelemetryConfig":
-        for name, info in type(self).model_fields.items():
-            value = getattr(self, name)
-            if value != info.default:
-                raise FieldError(name, f"{value!r}: tracing export is not wired yet, so this setting would be "
-                                       f"ignored; leave telemetry.{name} at its default ({info.default!r}) or "
-                                       "remove the telemetry block")
-        return self
+    otlp_endpoint: str | None = Field(None, min_length=1, description=(
+        "OTLP traces endpoint (http/protobuf: http://collector:4318/v1/traces; grpc: http://collector:4317). "
+        "Tracing is off when neither this nor an OTEL_EXPORTER_OTLP_*ENDPOINT variable is set."))
+    otlp_protocol: Literal["grpc", "http/protobuf"] = Field("http/protobuf", description="OTLP transport of the exporter.")
+    service_name: str = Field("fleetserve", min_length=1, description="service.name resource attribute of every span.")
+    sampling_ratio: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "Fraction of requests traced when the client did not ask for it. A client traceparent with the sampled "
+        "flag is always traced (W3C); one without the flag, or no traceparent, is traced at this ratio."))
+    request_log: str | None = Field(None, min_length=1, description=(
+        "File each model replica appends one JSON line to per finished request (arrival, model, tokens, TTFT, "
+        "E2E, status, replica, trace id; never a key or prompt text); the replay's `jsonl` trace format. "
+        "'-' writes the lines to the replica's log instead; none: off."))
 
 
 class LocalRayConfig(Frozen):
@@ -253,6 +254,10 @@ class LocalRayConfig(Frozen):
         "Start Ray's dashboard (http://127.0.0.1:8265): its UI, the state API and Serve's REST API (`serve status`, "
         "`serve deploy`). Off by default: on the tiny-model benchmark it cost 218 MiB of memory and 1.7 s of start-up "
         "(BENCHMARKS.md), and fleetserve's own commands do not need it."))
+    metrics_export_port: int | None = Field(None, ge=1, le=65535, description=(
+        "Port of Ray's metrics export on this node: Prometheus text of every Serve, vLLM and fleetserve metric of "
+        "the node's processes at http://<node>:<port>/metrics (KubeRay pods use 8080). None: a free port, printed "
+        "by `fleetserve serve`."))
 
 
 class AppConfig(Frozen):
@@ -268,7 +273,7 @@ class AppConfig(Frozen):
         "File with more keys, one per line (a mounted Kubernetes Secret); re-read when it changes, so keys rotate "
         "without a redeploy."))
     key_limits: KeyLimits = Field(default_factory=KeyLimits, description="Per-API-key concurrency and rate limits.")
-    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, description="Tracing export.")
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, description="Traces and the request log.")
     models: tuple[ModelConfig, ...] = Field(..., min_length=1, description="Model deployments, routed by `model` name.")
     accelerators: Accelerators = Field((), description=(
         "User-defined accelerators for the capacity planner, beside its built-in catalog (same name wins here)."))

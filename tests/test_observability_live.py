@@ -1,0 +1,161 @@
+"""One Prometheus view and one trace per request, live: real Ray Serve, two vLLM replicas, real Locust.
+
+One app per ingress mode (direct: HAProxy ──► replicas; router: HAProxy ──► router ──► replicas),
+each with two replicas of the tiny dense model, spans exported over OTLP/HTTP to a receiver in
+this process, and metrics read from the node's one endpoint: Ray's metrics export port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from ray import serve
+
+from conftest import free_port, wait_until
+from loadtest import build_plan, read_requests, run
+from cluster.ray_cluster import ensure_ray
+from serve_app.app import build_application
+from serve_app.schema import parse_config
+from serve_app.telemetry.metrics import ENGINE_SIGNAL_METRICS, RAY_PREFIX
+from telemetry_helpers.otlp import otlp_receiver
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+MODEL = "tiny-dense"
+_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+TTFT, E2E = "ray_vllm_time_to_first_token_seconds", "ray_vllm_e2e_request_latency_seconds"
+
+
+def scrape(url: str) -> dict[str, list]:
+    """metric sample name -> samples, from one scrape of the node's endpoint."""
+    out: dict[str, list] = {}
+    for fam in text_string_to_metric_families(httpx.get(url, timeout=10).text):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append(s)
+    return out
+
+
+def count_by_model(samples: dict[str, list], name: str) -> dict[str, float]:
+    got: dict[str, float] = {}
+    for s in samples.get(name + "_count", []):
+        got[s.labels.get("model_name", "")] = got.get(s.labels.get("model_name", ""), 0) + s.value
+    return got
+
+
+@pytest.fixture(scope="module", params=["direct", "router"])
+def app(request, tmp_path_factory):
+    mode = request.param
+    tmp = tmp_path_factory.mktemp(mode)
+    port, metrics_port = free_port(), free_port()
+    with otlp_receiver() as (endpoint, receiver):
+        cfg = parse_config({
+            "name": f"obs-{mode}",
+            "http": {"port": port, "ingress": "router" if mode == "router" else "auto"},
+            "local_ray": {"metrics_export_port": metrics_port},
+            "telemetry": {"otlp_endpoint": endpoint, "sampling_ratio": 0.0, "request_log": str(tmp / "requests.jsonl")},
+            "models": [{
+                "name": MODEL, "source": "tiny:dense", "max_model_len": 512, "placement": {"accelerator": "CPU"},
+                "engine_args": {"dtype": "bfloat16", "enforce_eager": True, "max_num_seqs": 8}, "env": _ENV,
+                # Two replicas held by the queue-depth policy (a target no tiny run reaches): its decisions are scraped.
+                "autoscaling": {"min_replicas": 2, "max_replicas": 3, "target_queue_per_replica": 1000},
+            }],
+        })
+        saved = dict(os.environ)
+        # Replica processes export spans every 0.5 s instead of 5 s: the test reads them sooner.
+        os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "500"
+        try:
+            ensure_ray(cfg)
+            serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+            serve.run(build_application(cfg), name=cfg.name, route_prefix="/")
+            base = f"http://127.0.0.1:{port}"
+            plan = build_plan(models=[MODEL], users=4, duration_s=6, drain_s=5, input_len=32, output_len=16,
+                              progress_interval_s=5)
+            results = run(base, plan, out_dir=tmp / "locust", workers=0, progress=None)
+            yield {"mode": mode, "base": base, "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+                   "sent": read_requests(tmp / "locust" / "requests.jsonl"), "results": results,
+                   "receiver": receiver, "request_log": tmp / "requests.jsonl"}
+        finally:
+            serve.shutdown()
+            import ray
+
+            ray.shutdown()
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+def test_one_scrape_counts_every_request_sent(app):
+    sent = app["sent"]
+    assert sent and all(r.ok for r in sent), [r.error for r in sent if not r.ok][:3]
+    want = {MODEL: float(len(sent))}
+    # Ray's agent exports what the replicas reported in their last period: poll until it has them all.
+    samples = wait_until(lambda: (s := scrape(app["metrics"])) and count_by_model(s, TTFT) == want
+                         and count_by_model(s, E2E) == want and s, timeout_s=90,
+                         what=f"TTFT and E2E counts == {len(sent)} requests sent")
+    replicas = {s.labels["ReplicaId"] for s in samples[TTFT + "_count"]}
+    assert len(replicas) == 2, replicas  # both replicas' series, one endpoint
+    assert {s.labels["layout"] for s in samples[TTFT + "_count"]} == {"tp1-pp1-ep1/mp"}
+    for name in ("ray_vllm_inter_token_latency_seconds_count", "ray_vllm_request_queue_time_seconds_count",
+                 "ray_vllm_prompt_tokens_total", "ray_vllm_generation_tokens_total"):
+        assert name in samples, name
+    out_tokens = sum(s.value for s in samples["ray_vllm_generation_tokens_total"])
+    assert out_tokens == sum(r.output_tokens for r in sent)
+    for name in ENGINE_SIGNAL_METRICS.values():
+        got = samples.get(RAY_PREFIX + name, [])
+        assert {s.labels["replica"] for s in got} == replicas and {s.labels["model"] for s in got} == {MODEL}, name
+    print(f"{app['mode']}: {len(sent)} sent, TTFT/E2E counts {want}, replicas {sorted(replicas)}")
+
+
+def test_autoscaler_target_and_decisions_are_scraped(app):
+    samples = wait_until(lambda: (s := scrape(app["metrics"])) and "ray_fleetserve_autoscaler_decisions_total" in s and s,
+                         timeout_s=90, what="the autoscaler's metrics")
+    (target,) = [s.value for s in samples["ray_fleetserve_autoscaler_target_replicas"] if s.labels["model"] == MODEL]
+    assert target == 2
+    assert sum(s.value for s in samples["ray_fleetserve_autoscaler_decisions_total"]) >= 1
+
+
+def test_a_sampled_request_is_one_trace_across_processes(app):
+    tid, parent = os.urandom(16).hex(), os.urandom(8).hex()
+    r = httpx.post(app["base"] + "/v1/chat/completions", timeout=60, headers={"traceparent": f"00-{tid}-{parent}-01"},
+                   json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True})
+    assert r.status_code == 200 and "[DONE]" in r.text
+    want = {"replica", "llm_request", "queued", "prefill", "decode"} | ({"router"} if app["mode"] == "router" else set())
+
+    def tree():
+        spans = [s for s in app["receiver"].spans if s.trace_id == tid]
+        names = {("router" if s.attributes.get("fleetserve.role") == "router" else "replica") if s.name.startswith("POST")
+                 else s.name for s in spans}
+        return spans if names >= want else None
+
+    spans = wait_until(tree, timeout_s=60, what=f"spans {sorted(want)} of trace {tid}")
+    by_id = {s.span_id: s for s in spans}
+    fronts = [s for s in spans if s.name.startswith("POST")]
+    top = [s for s in fronts if s.parent_id == parent]
+    assert len(top) == 1  # the client's span is the parent of exactly the first hop
+    replica = next(s for s in fronts if s.attributes["fleetserve.role"] == "replica")
+    if app["mode"] == "router":
+        assert top[0].attributes["fleetserve.role"] == "router" and by_id[replica.parent_id] is top[0]
+        assert top[0].resource["fleetserve.role"] == "router"
+    engine = next(s for s in spans if s.name == "llm_request")
+    assert engine.parent_id == replica.span_id
+    assert replica.attributes["gen_ai.usage.output_tokens"] == 4 and replica.attributes["gen_ai.request.model"] == MODEL
+    assert replica.resource["fleetserve.layout"] == "tp1-pp1-ep1/mp"
+    # Load-test requests (traceparent without the sampled flag, ratio 0) left no spans.
+    sent_ids = {r.trace_id for r in app["sent"]}
+    assert sent_ids and not sent_ids & {s.trace_id for s in app["receiver"].spans}
+
+
+def test_request_log_has_a_line_per_request_joined_by_trace_id(app):
+    sent = {r.trace_id: r for r in app["sent"]}
+    lines = wait_until(lambda: (p := app["request_log"]).exists() and
+                       (ls := [json.loads(x) for x in p.read_text().splitlines()]) and
+                       set(sent) <= {x["trace_id"] for x in ls} and ls, timeout_s=30, what="every request's log line")
+    for x in lines:
+        if x["trace_id"] in sent:
+            assert x["status"] == 200 and x["output_tokens"] == sent[x["trace_id"]].output_tokens
+    assert len({x["replica"] for x in lines}) == 2
+    assert not re.search(r"Bearer|\"messages\"", app["request_log"].read_text())
