@@ -65,9 +65,14 @@ def search_space(trial: Any, kind: Kind, base: AutoscalingConfig, max_ongoing: i
         p["upscale_stabilization_s"] = trial.suggest_float("upscale_stabilization_s", 0.0, 60.0)
         p["downscale_stabilization_s"] = trial.suggest_float("downscale_stabilization_s", 5.0, 900.0, log=True)
         return p
+    # Only the chosen metric's target is searched: the other one is unused (a request queued at a
+    # handle counts as the token target / the request target, so for `tokens` the request target
+    # stays its default). Suggesting both spent the TPE budget on a dimension that changes nothing.
     p["metric"] = trial.suggest_categorical("metric", ["requests", "tokens"])
-    p["target_queue_per_replica"] = trial.suggest_float("target_queue_per_replica", 0.25, 64.0, log=True)
-    p["target_waiting_tokens_per_replica"] = trial.suggest_int("target_waiting_tokens_per_replica", 256, 262144, log=True)
+    if p["metric"] == "requests":
+        p["target_queue_per_replica"] = trial.suggest_float("target_queue_per_replica", 0.25, 64.0, log=True)
+    else:
+        p["target_waiting_tokens_per_replica"] = trial.suggest_int("target_waiting_tokens_per_replica", 256, 262144, log=True)
     p["upscale_stabilization_s"] = trial.suggest_float("upscale_stabilization_s", 0.0, 60.0)
     p["downscale_stabilization_s"] = trial.suggest_float("downscale_stabilization_s", 5.0, 900.0, log=True)
     p["upscale_cooldown_s"] = trial.suggest_float("upscale_cooldown_s", 0.0, 60.0)
