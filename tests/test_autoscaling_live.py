@@ -184,6 +184,8 @@ def test_locust_burst_scales_up_within_the_window_and_back_to_min(sim_app, tmp_p
     log = tmp_path / "burst" / "requests.jsonl"
     sent = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     startups = measured_startups([(t, r + st, r) for t, r, st in seen])
+    # Kept beside requests.jsonl so a miss can be replayed offline (bench/replay_fidelity.py --replay-only).
+    (tmp_path / "burst" / "live_replicas.json").write_text(json.dumps({"started_unix_s": run_results.started_unix_s, "seen": seen}))
     setup = ReplaySetup(latency=from_sim(model.sim), max_ongoing_requests=model.max_ongoing_requests,
                         cold_start_samples_s=tuple(startups))
     replayed = run_replay(read_trace(log), runner_for("replay", model.autoscaling), setup)
