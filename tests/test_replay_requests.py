@@ -149,6 +149,22 @@ def test_a_lone_request_is_timed_by_the_batch_model():
     assert r.tpot_s[0] == pytest.approx(0.04) and r.finished == 1
 
 
+def test_the_http_path_is_added_to_every_request_and_measured_on_the_unloaded_ones():
+    from serve_app.autoscaling.fidelity import unloaded_overhead_s
+
+    tr = RequestTrace.from_rows([(1.0, 100, 5), (1.05, 100, 5), (9.0, 100, 5)])
+    plain = run_replay(tr, QueueDepthRunner("q", POLICY), _setup())
+    hop = run_replay(tr, QueueDepthRunner("q", POLICY), _setup(ingress_s=0.03))
+    assert [b - a for a, b in zip(plain.ttft_s, hop.ttft_s)] == pytest.approx([0.03] * 3)
+    lone = (0.04 + 100 * 0.0002 + 0.001) * 1e3
+    rec = [{"start_unix_s": 10.0, "ttft_ms": lone + 30, "e2e_ms": 300, "input_tokens": 100},  # alone: 30 ms of hops
+           {"start_unix_s": 20.0, "ttft_ms": lone + 500, "e2e_ms": 900, "input_tokens": 100},  # queued behind the next:
+           {"start_unix_s": 20.1, "ttft_ms": lone + 900, "e2e_ms": 1200, "input_tokens": 100},  # not a measure of the path
+           {"start_unix_s": 30.0, "ttft_ms": lone + 40, "e2e_ms": 300, "input_tokens": 100}]
+    assert unloaded_overhead_s(rec, LAT) == pytest.approx(0.035)
+    assert unloaded_overhead_s(rec[1:3], LAT) == 0.0
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), rate=st.floats(0.5, 40), maxq=st.one_of(st.none(), st.integers(0, 30)),
        timeout=st.one_of(st.none(), st.floats(0.5, 10)), serve=st.booleans(), min_r=st.integers(0, 2))
