@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--length-sigma", type=float, default=1.2, help="Lognormal sigma of token lengths; 0: uniform.")
     ap.add_argument("--trace", choices=sorted(TRACES), default="mixed", help="What the bursts are made of (see above).")
+    ap.add_argument("--qd-metric", choices=("both", "requests", "tokens"), default="both",
+                    help="The queue-depth signals searched: both, or one alone (what the other one is worth).")
     ap.add_argument("--out", default="runs/replay-tune")
     args = ap.parse_args(argv)
 
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trace: {trace.source}, {len(trace):,} requests over {trace.duration_s:,.0f} s; SLO: {slo}", flush=True)
     found = {}
     for kind in ("queue_depth", "serve_default"):
-        res = tune(trace, base, setup, slo, kind=kind, trials=args.trials, seed=args.seed)  # type: ignore[arg-type]
+        res = tune(trace, base, setup, slo, kind=kind, trials=args.trials, seed=args.seed,  # type: ignore[arg-type]
+                   metrics=("requests", "tokens") if args.qd_metric == "both" else (args.qd_metric,))
         found[kind] = res
         print(f"\n{kind}: {sum(t.feasible for t in res.trials)}/{len(res.trials)} trials met the SLO; frontier:")
         for t in res.frontier:
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     write_report(out, results, rows, title="tuned policies on a bursty trace", notes=[lat.describe(), str(slo)])
     (out / "tune.json").write_text(json.dumps({
-        "trace": {"name": args.trace, **spec}, "seed": args.seed, "slo": str(slo), "trials": args.trials, "latency_model": lat.describe(),
+        "trace": {"name": args.trace, **spec}, "seed": args.seed, "qd_metric": args.qd_metric, "slo": str(slo), "trials": args.trials, "latency_model": lat.describe(),
         "finalists": rows,
         **{kind: {"best": None if r.best is None else r.best.config.model_dump(mode="json"),
                   "frontier": [{"gpu_hours": t.gpu_hours, "attainment": t.attainment, "ttft_p95_ms": t.ttft_p95_ms}
