@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from telemetry_helpers.dashboard import dashboard_exprs, metric_names, queried_metrics
+from telemetry_helpers.dashboard import dashboard_exprs, label_names, metric_names, queried_metrics
 from serve_app.telemetry.metrics import AUTOSCALER_DECISIONS, RAY_PREFIX, scraped_names
 
 BOARD = REPO / "k8s" / "grafana-dashboard.json"
@@ -30,6 +30,12 @@ BOARD = REPO / "k8s" / "grafana-dashboard.json"
 ])
 def test_metric_names_of_an_expression(expr, names):
     assert metric_names(expr) == names
+
+
+def test_label_names_of_an_expression():
+    expr = ('label_replace(sum by (le, model_name) (rate(x_bucket{application=~"$app", a!="b"}[1m])), '
+            '"model", "$1", "deployment", "model-(.+)")')
+    assert label_names(expr) == {"le", "model_name", "application", "a"}
 
 
 def test_a_name_regex_selector_is_refused():

@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-__all__ = ["dashboard_exprs", "metric_names", "queried_metrics"]
+__all__ = ["dashboard_exprs", "label_names", "metric_names", "queried_metrics"]
 
 # PromQL keywords and aggregation modifiers that look like identifiers but name no metric.
 _KEYWORDS = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
@@ -34,6 +34,17 @@ def metric_names(expr: str) -> set[str]:
     rest = _GROUPING.sub(" ", _RANGE.sub(" ", _MATCHERS.sub(" ", _STRING.sub('""', expr))))
     return {m.group(1) for m in _IDENT.finditer(rest)
             if not m.group(2) and m.group(1).lower() not in _KEYWORDS}
+
+
+def label_names(expr: str) -> set[str]:
+    """The labels an expression groups by or matches on, e.g. {'le', 'model_name', 'application'}.
+
+    For a dashboard whose every aggregation is over one metric, each must be a label of that metric.
+    """
+    bare = _STRING.sub('""', expr)
+    groups = [g for m in re.finditer(r"\b(?:by|without)\s*\(([^()]*)\)", bare) for g in m.group(1).split(",")]
+    matched = [m.group(1) for block in _MATCHERS.findall(bare) for m in re.finditer(r"(\w+)\s*(?:=~|!~|!=|=)", block)]
+    return {x.strip() for x in groups + matched if x.strip()}
 
 
 def dashboard_exprs(board: dict) -> list[str]:
