@@ -133,6 +133,8 @@ def test_a_mixed_burst_gives_the_burst_requests_their_own_lengths_and_keeps_the_
     assert max(outside) <= 384 and sum(p > 2000 for p in inside) > 0.6 * len(inside)
     assert load_requests("gen:bursty,rate_rps=5,burst_rps=20,burst_s=20,burst_every_s=100,first_burst_s=40,duration_s=100,"
                          "seed=2,prompt_tokens=256,output_tokens=128,burst_prompt_tokens=4096,burst_output_tokens=16") == mixed
+    with pytest.raises(ConfigError, match="bursty generator only"):
+        generate("poisson", rate_rps=5, duration_s=10, burst_prompt_tokens=4096)
 
 
 # ---- the replay ----------------------------------------------------------------------------------

@@ -249,7 +249,10 @@ def generate(kind: str, *, duration_s: float, seed: int = 0, prompt_tokens: int 
     rate, peak = _rate_fn(kind, {**params, "duration_s": params.get("duration_s", duration_s)})
     if peak <= 0:
         raise ConfigError([("rate_rps", f"peak rate {peak} must be > 0")], source=f"generator {kind}")
-    mixed = kind == "bursty" and (burst_prompt_tokens is not None or burst_output_tokens is not None)
+    mixed = burst_prompt_tokens is not None or burst_output_tokens is not None
+    if mixed and kind != "bursty":
+        raise ConfigError([("burst_prompt_tokens", f"burst lengths apply to the bursty generator only, not {kind!r}; "
+                            "use gen:bursty or drop burst_prompt_tokens/burst_output_tokens")], source=f"generator {kind}")
     base_rate = float(params.get("rate_rps", 10.0))
     rng = random.Random(seed)
     expo, uni = rng.expovariate, rng.random
