@@ -174,7 +174,7 @@ def test_locust_burst_scales_up_within_the_window_and_back_to_min(sim_app, tmp_p
     # this run measured and the HTTP path's cost measured on its unloaded requests, track the live
     # replica count within one for most of the run and its TTFT p95 within 25 %. The p95 is
     # queueing on the replicas (seconds here), which the replay models; BENCHMARKS.md "Replay"
-    # records the runs (-29 % before the simulator kept its step clock, -15 % after).
+    # records the runs (-29 % before the simulator kept its step clock, -10 to -17 % after).
     from serve_app.autoscaling.compare import percentile
     from serve_app.autoscaling.des import ReplaySetup, run_replay
     from serve_app.autoscaling.fidelity import agreement, measured_startups, unloaded_overhead_s
