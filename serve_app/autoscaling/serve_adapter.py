@@ -217,6 +217,8 @@ class QueueDepthPolicy:
     def _set_gauges(self, rec: DecisionRecord) -> None:
         from ray.util.metrics import Counter, Gauge
 
+        from serve_app.telemetry.metrics import AUTOSCALER_TARGET
+
         if self._gauges is None:
             keys = ("model",)
             self._counters = {
@@ -226,7 +228,7 @@ class QueueDepthPolicy:
                                   ("model", "clamp")),
             }
             self._gauges = {
-                "target_replicas": Gauge("fleetserve_autoscaler_target_replicas", "Replica target the policy chose.", keys),
+                "target_replicas": Gauge(AUTOSCALER_TARGET, "Replica target the policy chose.", keys),
                 "raw_desired": Gauge("fleetserve_autoscaler_raw_desired_replicas", "Replicas wanted before clamps.", keys),
                 "backlog": Gauge("fleetserve_autoscaler_backlog", "Backlog the policy saw (requests or tokens).", keys),
                 "panic": Gauge("fleetserve_autoscaler_panic", "1 while the policy is in panic or wake-up mode.", keys),

@@ -15,7 +15,7 @@ PromQL `sum by (model)` aggregates over replicas. Ray prefixes each name with `r
     ray_fleetserve_requests_refused_total               model, replica, status, reason   gate 429, guard/router 503
     ray_fleetserve_autoscaler_*                         model                         the policy adapter
 
-`ENGINE_SIGNAL_METRICS` and `REFUSED` are the names the dashboard and tests import.
+`ENGINE_SIGNAL_METRICS`, `REFUSED` and `AUTOSCALER_TARGET` are the names the dashboard and tests import.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from serve_app.engines.base import SIGNALS, EngineStats, metric_name
 
-__all__ = ["ENGINE_SIGNAL_METRICS", "REFUSED", "RAY_PREFIX", "Refusals", "report_engine_signals",
+__all__ = ["ENGINE_SIGNAL_METRICS", "REFUSED", "AUTOSCALER_TARGET", "RAY_PREFIX", "Refusals", "report_engine_signals",
            "vllm_stat_logger", "layout_label", "replica_id"]
 
 log = logging.getLogger("ray.serve")
@@ -36,6 +36,7 @@ RAY_PREFIX = "ray_"  # Ray's metrics agent prefixes every application metric
 _OURS = "fleetserve_"
 ENGINE_SIGNAL_METRICS = {s: _OURS + metric_name(s) for s in SIGNALS}  # e.g. fleetserve_engine_waiting_tokens
 REFUSED = _OURS + "requests_refused"  # a counter: scraped as ray_fleetserve_requests_refused_total
+AUTOSCALER_TARGET = _OURS + "autoscaler_target_replicas"  # a gauge {model}: set by the policy adapter
 _SIGNAL_PERIOD_S = 1.0
 
 
