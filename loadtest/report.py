@@ -200,6 +200,10 @@ def plot_goodput(sweep: SweepResults, path: str | Path) -> Path:
     return _figure(draw, Path(path))
 
 
+_NO_TIMELINE = ("<p>No timeline: no step's results.json was found under the sweep dir (each step's run dir "
+                "holds it, with the server series scraped during the step).</p>")
+
+
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
@@ -257,7 +261,7 @@ output tokens per second, not milliseconds.</p><table><tr>{head}</tr>{body}</tab
 <h2>Timeline per strategy</h2><p>Each strategy's steps end to end on one time axis: client TTFT, TPOT and
 goodput above the server's queue, running requests, KV-cache usage, replicas and autoscaler target, as
 scraped from the app's metrics endpoints during each step (a panel says so when nothing was measured).</p>
-{"".join(_img(p, f"timeline of {p.stem}") for p in files.timelines) or "<p>No strategy ran a step.</p>"}
+{"".join(_img(p, f"timeline of {p.stem}") for p in files.timelines) or _NO_TIMELINE}
 <h2>Strategies</h2><ul>{strategies}</ul>
 <h2>Cluster</h2><p>Ray {e(sweep.cluster.ray_version)} at {e(sweep.cluster.address)}; load generator
 {e(sweep.cluster.load_generator)}.</p><ul>{nodes}</ul>
