@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from conftest import wait_until
+from loadtest_helpers.metrics_server import metrics_server
 from loadtest import RunResults, build_plan, load_results
 from loadtest.results import RequestRecord, TimelinePoint, build_results
 from loadtest.report import PNG_MAGIC
@@ -28,15 +28,20 @@ from serve_app.telemetry.metrics import AUTOSCALER_TARGET, ENGINE_SIGNAL_METRICS
 REAL_SCRAPE = gzip.decompress((Path(__file__).parent / "data" / "ray_metrics_scrape.txt.gz").read_bytes()).decode()
 
 
-def scrape_text(replicas: dict[str, dict[str, float]], *, model: str = "m", target: float | None = None) -> str:
-    """Prometheus text as Ray's agent exports it: one engine-signal gauge per signal, a series per replica."""
+def scrape_text(replicas: dict[str, dict[str, float]], *, model: str | tuple[str, ...] = "m",
+                target: float | None = None) -> str:
+    """Prometheus text as Ray's agent exports it: one engine-signal gauge per signal, a series per (model, replica)."""
+    models = (model,) if isinstance(model, str) else model
     reg = CollectorRegistry()
     for signal, name in ENGINE_SIGNAL_METRICS.items():
         g = Gauge(RAY_PREFIX + name, signal, ("model", "replica", "layout", "Component"), registry=reg)
-        for rid, values in replicas.items():
-            g.labels(model, rid, "tp1-pp1-ep1/mp", "ServeReplica").set(values.get(signal, 0.0))
+        for m in models:
+            for rid, values in replicas.items():
+                g.labels(m, rid, "tp1-pp1-ep1/mp", "ServeReplica").set(values.get(signal, 0.0))
     if target is not None:
-        Gauge(RAY_PREFIX + AUTOSCALER_TARGET, "target", ("model",), registry=reg).labels(model).set(target)
+        t = Gauge(RAY_PREFIX + AUTOSCALER_TARGET, "target", ("model",), registry=reg)
+        for m in models:
+            t.labels(m).set(target)
     return generate_latest(reg).decode()
 
 
@@ -155,30 +160,11 @@ def _results_plain() -> RunResults:
                          plan=build_plan(models=["m"], users=1, duration_s=1), host="http://x", workers=0)
 
 
-def test_scraping_a_real_http_endpoint(tmp_path):
+def test_scraping_a_real_http_endpoint():
     """The default fetch (httpx) against a local HTTP server serving the real scrape."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    body = REAL_SCRAPE.encode()
-
-    class H(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200 if self.path == "/metrics" else 404)
-            self.end_headers()
-            self.wfile.write(body if self.path == "/metrics" else b"")
-
-        def log_message(self, *a):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{srv.server_address[1]}"
-        sc = Scraper([base + "/metrics"], max_s=5)
-        assert len(sc.scrape_once().readings["tiny-dense"].replicas) == 2
+    with metrics_server(REAL_SCRAPE) as base:
+        assert len(Scraper([base + "/metrics"], max_s=5).scrape_once().readings["tiny-dense"].replicas) == 2
         assert Scraper([base + "/nope"], max_s=5).scrape_once().errors == {base + "/nope": "HTTP 404"}
-    finally:
-        srv.shutdown()
 
 
 def test_report_command_on_a_run_dir_writes_its_timeline(tmp_path):
