@@ -273,7 +273,7 @@ def report_command(
 
     root = sweep_dir if sweep_dir.is_dir() else sweep_dir.parent
     if (root / "results.json").exists() and not (root / "sweep.json").exists():
-        _run_report(root, out, ttft_slo_ms, tpot_slo_ms)
+        _run_report(root, out, ttft_slo_ms=ttft_slo_ms, tpot_slo_ms=tpot_slo_ms)
         return
     try:
         sweep = load_sweep(sweep_dir)
@@ -290,7 +290,7 @@ def report_command(
     typer.echo(f"report: {files.html}, {files.throughput_png}, {files.latency_png}, {files.goodput_png}")
 
 
-def _run_report(run_dir: Path, out: Path | None, ttft_slo_ms: float | None, tpot_slo_ms: float | None) -> None:
+def _run_report(run_dir: Path, out: Path | None, *, ttft_slo_ms: float | None, tpot_slo_ms: float | None) -> None:
     from loadtest.results import load_results
     from loadtest.sweep_results import Slo
     from loadtest.timeline import write_run_report
