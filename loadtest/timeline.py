@@ -100,8 +100,8 @@ def plot_timeline(segs: Sequence[Segment], path: str | Path, *, title: str, slo:
             if seg.label and len(segs) > 1:
                 for ax in (lat, thr, queue, reps):
                     ax.axvline(seg.offset_s, color="#888", linewidth=0.8, linestyle=":")
-                lat.annotate(seg.label, (seg.offset_s, 1.0), xycoords=("data", "axes fraction"), fontsize=8,
-                             xytext=(2, -10), textcoords="offset points")
+                lat.annotate(seg.label, (seg.offset_s, 0.0), xycoords=("data", "axes fraction"), fontsize=8,
+                             xytext=(2, 3), textcoords="offset points")  # bottom: the legends sit at the top
         for ax in (lat, thr, queue, reps):
             ax.grid(alpha=0.3)
         reps.set_xlabel("seconds from the test start" + (" (steps end to end by wall clock)" if len(segs) > 1 else ""))
@@ -186,6 +186,9 @@ def _server_panels(queue, reps, segs: Sequence[Segment]) -> None:
     reps.yaxis.get_major_locator().set_params(integer=True)
     reps.plot([], [], color="#888", alpha=0.4, linewidth=1, linestyle="-.", label="scale event")
     reps.legend(fontsize=7, loc="upper left")
+    # Ray's agent re-exports a gauge once per report period: the plot must not look finer than that.
+    queue.set_title("server values as Ray exports them: fresh once per RAY_metrics_report_interval_ms "
+                    "(default 10 s)", loc="right", fontsize=7, color="#555")
     notes = [f"{n} scrape(s) failed" for n in (seg.results.server.scrapes_failed for seg in segs if seg.results.server) if n]
     if notes:
         reps.text(0.99, 0.03, "; ".join(notes), transform=reps.transAxes, ha="right", fontsize=7, color="#a00")
