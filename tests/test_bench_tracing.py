@@ -103,3 +103,26 @@ def test_sink_counts_spans_a_real_exporter_sends():
         assert sink.snapshot() == (2, 2, 1)  # simple processor: one export per span, one trace
     finally:
         sink.close()
+
+
+def test_profile_summary_attributes_leaf_frames_to_their_source():
+    from bench._profile import inclusive, parse_collapsed, self_by_source, source_of, top_self
+    from bench.profile_replica import render_profile
+
+    site = "/v/lib/python3.11/site-packages"
+    text = "\n".join([
+        f"run (/usr/lib/python3.11/asyncio/events.py);__call__ (/w/serve_app/telemetry/requests.py);"
+        f"create_chat_completion ({site}/vllm/entrypoints/openai/serving_chat.py:120) 6",
+        f"run (/usr/lib/python3.11/asyncio/events.py);__call__ (/w/serve_app/telemetry/requests.py) 3",
+        f"run (/usr/lib/python3.11/asyncio/events.py);handle ({site}/ray/serve/_private/replica.py:9) 1",
+        "not a stack line",
+    ])
+    stacks = parse_collapsed(text)
+    assert len(stacks) == 3 and stacks[0][1] == 6 and stacks[0][0][-1].func == "create_chat_completion"
+    assert source_of(stacks[1][0][-1]) == "fleetserve (serve_app)"
+    assert self_by_source(stacks) == {"vLLM OpenAI layer (entrypoints)": 0.6, "fleetserve (serve_app)": 0.3,
+                                      "Ray Serve (replica, ASGI wrappers, metrics)": 0.1}
+    assert top_self(stacks, 1) == [("create_chat_completion (vllm/entrypoints/openai/serving_chat.py)",
+                                    "vLLM OpenAI layer (entrypoints)", 0.6)]
+    assert inclusive(stacks, "fleetserve (serve_app)") == [("__call__ (serve_app/telemetry/requests.py)", 0.9)]
+    assert "| fleetserve (serve_app) | 30.0% |" in render_profile(text, title="t")
