@@ -2,9 +2,12 @@
 
 Pure: reads the dict, never the machine. Each round measured every variant once per level,
 minutes apart at most, so a variant is compared with tracing off run by run (a paired ratio per
-round) and the noise is what tracing off itself did across the rounds:
+round). Each variant is its own running stack, and stacks differ by more than their settings
+(a first run showed sampling 0 slower than 0.01 in every round), so the run carries a second
+stack with tracing off (CONTROL) and the noise is what that A/A pair did:
 
-    noise band of a level = [min, max] / median of tracing off's rounds
+    noise band of a level = [min, max] of CONTROL / off over the rounds, and 1.0
+                            (without CONTROL: tracing off's own min and max over its median)
     "within noise"        = the variant's median paired ratio lies inside that band
 """
 
@@ -12,9 +15,10 @@ from __future__ import annotations
 
 from bench._measure import ENGINE, FRONT_END, Spread, cpu_by_group, fmt_num, fmt_ratio, fmt_spread, per_1k_tokens, spread
 
-__all__ = ["BASE", "level_runs", "paired_ratios", "noise_band", "within", "render_tracing_report"]
+__all__ = ["BASE", "CONTROL", "level_runs", "paired_ratios", "noise_band", "within", "render_tracing_report"]
 
 BASE = "off"
+CONTROL = "off-b"  # a second stack with tracing off: the A/A pair with BASE
 
 
 def level_runs(doc: dict, variant: str, level: int) -> dict[int, dict]:
@@ -31,7 +35,10 @@ def paired_ratios(doc: dict, variant: str, level: int, metric: str) -> list[floa
 
 
 def noise_band(doc: dict, level: int, metric: str) -> tuple[float, float] | None:
-    """Tracing off's own spread across rounds as ratios to its median: (min / median, max / median)."""
+    """The A/A pair's paired ratios' range with 1.0, else tracing off's own (min / median, max / median)."""
+    if CONTROL in doc["variants"]:
+        aa = paired_ratios(doc, CONTROL, level, metric)
+        return (min(aa + [1.0]), max(aa + [1.0])) if aa else None
     s = spread(r.get(metric) for r in level_runs(doc, BASE, level).values())
     if s is None or s.n < 2 or not s.median:
         return None
@@ -104,8 +111,9 @@ def render_tracing_report(doc: dict) -> str:
         f"Load: Locust closed loop at concurrency {', '.join(map(str, load['levels']))}, {load['rounds']} rounds; each "
         f"round runs every variant once per level ({load['duration_s']:g} s each, order rotated per round); "
         f"{load['input_len']} input / {load['output_len']} output tokens, ignore_eos. Median (min–max) over rounds; "
-        "× off is the median (min–max) of the per-round ratios to tracing off; 'noise' is tracing off's own "
-        "min–max over its median, and a variant is within noise when its median ratio lies inside it.",
+        "× off is the median (min–max) of the per-round ratios to tracing off; 'noise' is the range of the same "
+        "ratio for a second tracing-off stack (A/A) and 1.0 (without one: tracing off's own min–max over its "
+        "median), and a variant is within noise when its median ratio lies inside it.",
         "",
         "| c | variant | out tok/s | tok/s × off, within noise? | TTFT p50 ms | TTFT p50 × off, within noise? "
         "| replica CPU ms / 1k tok | front-end CPU ms / 1k tok | engine CPU ms / 1k tok |",

@@ -1,12 +1,13 @@
 """What tracing costs on the shipped path: fleetserve with tracing off vs telemetry.sampling_ratio 0, 0.01, 1.0.
 
-    .venv/bin/python -m bench.tracing_cost --levels 1,32 --rounds 3 --duration 10 --out runs/tracing-cost
+    .venv/bin/python -m bench.tracing_cost --levels 32 --rounds 4 --duration 8 --out runs/tracing-cost
 
 Every variant is the `fleetserve` stack of bench.serving_overhead (serve_app.launch.deploy of a
 one-model config on the tiny dense model: HAProxy on the config's port, direct ingress into
 the replica), differing only in the config's `telemetry` block:
 
     off     no telemetry block: no tracer provider, vLLM's tracing off
+    off-b   the same again, a second stack: the A/A pair whose difference is the run's noise
     0.01 …  telemetry: {otlp_endpoint: <a receiver of ours>, sampling_ratio: R}
             (replica's SDK provider + vLLM's own request tracing, batched OTLP/HTTP export)
 
@@ -14,7 +15,7 @@ the replica), differing only in the config's `telemetry` block:
     start every variant at once ──► first chat completion each ──► warm-up each
       ──► per round: per level: each variant once (order rotated per round), Locust, CPU by role
       ──► stop all ──► report: tok/s and TTFT p50 per variant, the per-round ratios to off,
-          off's own spread as the noise band, CPU per 1,000 output tokens, spans received
+          the A/A pair's ratio as the noise band, CPU per 1,000 output tokens, spans received
 
 The variants run side by side so a round measures them minutes apart, not a restart apart:
 the ones not being measured sit idle (their engines block on an empty queue), costing each
@@ -36,7 +37,7 @@ from bench._load import locust_run
 from bench._measure import cpu_by_role
 from bench._otlp_sink import OtlpSink
 from bench._stacks import REPO, EngineSettings, StackSpec, build_stack
-from bench._tracing_report import BASE, render_tracing_report
+from bench._tracing_report import BASE, CONTROL, render_tracing_report
 from bench.serving_overhead import _machine, _versions, wait_ready
 
 __all__ = ["main", "parse_args", "variant_telemetry"]
@@ -60,8 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="python -m bench.tracing_cost", description=__doc__.splitlines()[0])
     ap.add_argument("--ratios", default="0,0.01,1", help="telemetry.sampling_ratio of the traced variants (tracing off always runs).")
-    ap.add_argument("--levels", default="1,32", help="Concurrency levels (closed-loop users).")
-    ap.add_argument("--rounds", type=int, default=3, help="Rounds; each measures every variant once per level.")
+    ap.add_argument("--levels", default="32", help="Concurrency levels (closed-loop users).")
+    ap.add_argument("--no-control", dest="control", action="store_false",
+                    help="Leave out the second tracing-off stack (the A/A pair that sets the noise band).")
+    ap.add_argument("--rounds", type=int, default=4, help="Rounds; each measures every variant once per level.")
     ap.add_argument("--duration", type=float, default=10.0, help="Seconds of load per run.")
     ap.add_argument("--warmup", type=float, default=5.0, help="Seconds of warm-up load per variant (not reported).")
     ap.add_argument("--input-len", type=int, default=64)
@@ -103,15 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     settings = EngineSettings(model_dir=str(ensure_tiny_model("dense")))
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    ratios: list[float | None] = [None, *args.ratios]
-    keys = [BASE if r is None else f"{r:g}" for r in ratios]
+    ratios: list[float | None] = [None, *([None] if args.control else []), *args.ratios]
+    keys = [BASE, *([CONTROL] if args.control else []), *(f"{r:g}" for r in args.ratios)]
     sinks = {k: OtlpSink() for k, r in zip(keys, ratios) if r is not None}
     doc = {"command": " ".join([Path(sys.executable).name, "-m", "bench.tracing_cost", *(argv or sys.argv[1:])]),
            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": _machine(), "versions": _versions(),
            "settings": settings.__dict__,
            "load": {"levels": args.levels, "rounds": args.rounds, "duration_s": args.duration, "input_len": args.input_len,
                     "output_len": args.output_len, "warmup_s": args.warmup},
-           "variants": {k: {"label": _label(r), "sampling_ratio": r} for k, r in zip(keys, ratios)}, "runs": []}
+           "variants": {k: {"label": _label(r) + (" (A/A control)" if k == CONTROL else ""), "sampling_ratio": r}
+                        for k, r in zip(keys, ratios)}, "runs": []}
     specs = {}
     for k, r in zip(keys, ratios):
         tel = variant_telemetry(r, sinks[k].url if k in sinks else "")

@@ -126,3 +126,12 @@ def test_profile_summary_attributes_leaf_frames_to_their_source():
                                     "vLLM OpenAI layer (entrypoints)", 0.6)]
     assert inclusive(stacks, "fleetserve (serve_app)") == [("__call__ (serve_app/telemetry/requests.py)", 0.9)]
     assert "| fleetserve (serve_app) | 30.0% |" in render_profile(text, title="t")
+
+
+def test_with_an_aa_control_the_noise_band_is_the_control_pairs_ratios_and_one():
+    runs = [_run("off", 0, 1000, 100), _run("off", 1, 1000, 100), _run("off-b", 0, 950, 100), _run("off-b", 1, 980, 100)]
+    doc = _doc(runs)
+    doc["variants"]["off-b"] = {"label": "tracing off (A/A control)"}
+    assert noise_band(doc, 32, "output_tokens_per_s") == pytest.approx((0.95, 1.0))
+    assert noise_band(doc, 32, "ttft_p50_ms") == (1.0, 1.0)
+    assert noise_band(doc, 8, "ttft_p50_ms") is None  # no pair at that level
