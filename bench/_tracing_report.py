@@ -52,12 +52,12 @@ def within(ratios: Spread | None, band: tuple[float, float] | None) -> bool | No
     return band[0] <= ratios.median <= band[1]
 
 
-def _cpu(doc: dict, variant: str, level: int) -> dict[str, float]:
-    """CPU ms per 1,000 output tokens by role group, median over the variant's valid runs at `level`."""
+def _cpu(doc: dict, variant: str, level: int) -> dict[str, Spread]:
+    """CPU ms per 1,000 output tokens by role group, median and range over the variant's valid runs at `level`."""
     per_run = [per_1k_tokens(cpu_by_group(r["cpu_s_by_role"]), r["output_tokens_per_s"] * r["duration_s"])
                for r in level_runs(doc, variant, level).values() if r.get("cpu_s_by_role")]
     keys = {k for run in per_run for k in run}
-    return {k: s.median for k in keys if (s := spread(run.get(k, 0.0) for run in per_run))}
+    return {k: s for k in keys if (s := spread(run.get(k, 0.0) for run in per_run))}
 
 
 def _verdict(w: bool | None) -> str:
@@ -77,16 +77,18 @@ def _rows(doc: dict, level: int) -> list[str]:
         rl = spread(paired_ratios(doc, key, level, "ttft_p50_ms"))
         cpu = _cpu(doc, key, level)
         base = key == BASE
+        verdict = (lambda w: "(sets the band)") if key == CONTROL else _verdict
         band = bands["output_tokens_per_s"]
         tps_cell = (f"noise {band[0]:.2f}–{band[1]:.2f}×" if band else "–") if base else \
             f"{fmt_ratio(rt.median if rt else None)} ({fmt_ratio(rt.lo if rt else None)}–{fmt_ratio(rt.hi if rt else None)}) " \
-            f"{_verdict(within(rt, band))}"
+            f"{verdict(within(rt, band))}"
         band = bands["ttft_p50_ms"]
         ttft_cell = (f"noise {band[0]:.2f}–{band[1]:.2f}×" if band else "–") if base else \
             f"{fmt_ratio(rl.median if rl else None)} ({fmt_ratio(rl.lo if rl else None)}–{fmt_ratio(rl.hi if rl else None)}) " \
-            f"{_verdict(within(rl, band))}"
+            f"{verdict(within(rl, band))}"
         out.append(f"| {level} | {v['label']} | {fmt_spread(tps)} | {tps_cell} | {fmt_spread(ttft, digits=1)} | {ttft_cell} "
-                   f"| {fmt_num(cpu.get('replica / API server'))} | {fmt_num(cpu.get(FRONT_END))} | {fmt_num(cpu.get(ENGINE))} |")
+                   f"| {fmt_spread(cpu.get('replica / API server'))} | {fmt_spread(cpu.get(FRONT_END))} "
+                   f"| {fmt_spread(cpu.get(ENGINE))} |")
     return out
 
 

@@ -72,7 +72,7 @@ def test_report_shows_ratios_verdicts_cpu_and_spans():
     text = render_tracing_report(_doc(runs))
     row = next(line for line in text.splitlines() if line.startswith("| 32 | sampling 1 |"))
     # 800 tok/s for 10 s: 1 CPU s of replica = 125 ms / 1k tokens; + HAProxy 0.5 + controller 0.1 = 200; engine 2 s = 250
-    assert row.count("**no**") == 2 and row.endswith("| 125 | 200 | 250 |")
+    assert row.count("**no**") == 2 and row.endswith("| 125 (125–125) | 200 (200–200) | 250 (250–250) |")
     assert next(line for line in text.splitlines() if line.startswith("| 32 | sampling 0 |")).count("yes") == 2
     assert "| sampling 1 | 100 | 500 | 100 | 1.000 | 5.0 |" in text
 
