@@ -26,7 +26,7 @@ from cluster.ray_env import free_local_port, local_fast_path_env
 from serve_app.schema import AppConfig
 
 __all__ = ["RaySession", "ensure_ray", "ray_session", "local_ray_cpus", "apply_ray_env", "start_serve", "deploy",
-           "probe_url"]
+           "metrics_url", "probe_url"]
 
 NAMESPACE = "serve"
 
@@ -165,6 +165,22 @@ def deploy(app: Any, *, name: str, wait: bool = True) -> None:
     else:
         serve.run_many([serve.RunTarget(app, name=name, route_prefix="/")],
                        wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
+
+
+def metrics_url(session: RaySession) -> str | None:
+    """This node's Prometheus endpoint (Ray's metrics export port), or None when Ray does not report one.
+
+    Every node of a cluster exports its own processes' series on its own port; this is the one of
+    the node this process runs on (127.0.0.1 when this process started the Ray).
+    """
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id and node.get("MetricsExportPort"):
+            host = "127.0.0.1" if session.started else node["NodeManagerAddress"]
+            return f"http://{host}:{node['MetricsExportPort']}/metrics"
+    return None
 
 
 def probe_url(candidates: Sequence[str], *, path: str = "/health", timeout_s: float = 30.0) -> str | None:

@@ -24,13 +24,13 @@ from pydantic import Field
 
 from serve_app.engines.base import KV_USAGE, RUNNING_REQUESTS, WAITING_REQUESTS, WAITING_TOKENS
 from serve_app.schema import Frozen
-from serve_app.telemetry.metrics import AUTOSCALER_TARGET, ENGINE_SIGNAL_METRICS, RAY_PREFIX
+from serve_app.telemetry.metrics import AUTOSCALER_GAUGES, ENGINE_SIGNAL_METRICS, RAY_PREFIX
 
 __all__ = ["ServerPoint", "ScaleEvent", "ModelServerSeries", "ServerSeries", "Reading", "Round", "parse_samples", "read_round", "readings",
            "build_server_series", "series_note", "WANTED_PREFIXES"]
 
 _SIGNAL = {RAY_PREFIX + name: signal for signal, name in ENGINE_SIGNAL_METRICS.items()}
-_TARGET = RAY_PREFIX + AUTOSCALER_TARGET
+_TARGET = RAY_PREFIX + AUTOSCALER_GAUGES["target_replicas"]
 WANTED_PREFIXES = (*_SIGNAL, _TARGET)
 """Metric names the series need: the scraper drops every other line before parsing (a scrape is mostly histograms)."""
 _MAX_ERRORS = 5

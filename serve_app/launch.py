@@ -45,7 +45,7 @@ def deploy(config: AppConfig, *, blocking_timeout_s: float | None = None, sessio
 
 def serve_forever(config: AppConfig) -> None:
     """Deploy, print how to call the app, and block until SIGINT/SIGTERM; then shut down what we started."""
-    from cluster.ray_cluster import ensure_ray
+    from cluster.ray_cluster import ensure_ray, metrics_url
 
     session = ensure_ray(config)
     try:
@@ -64,6 +64,9 @@ def serve_forever(config: AppConfig) -> None:
     print(f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
           f"-d '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}], \"max_tokens\": 16}}'",
           flush=True)
+    metrics = metrics_url(session)
+    if metrics:  # Prometheus text of every Serve, vLLM and fleetserve metric of this node
+        print(f"  metrics: {metrics}", flush=True)
     print("Ctrl-C to stop.", flush=True)
     stop.wait()
     session.close(stop_serve=True)  # the app this command deployed goes, on a joined cluster too

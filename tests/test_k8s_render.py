@@ -170,19 +170,11 @@ def test_kustomizations_list_existing_resources_and_the_dashboard():
     assert top["configMapGenerator"][0]["options"]["labels"]["grafana_dashboard"] == "1"
 
 
-def test_dashboard_covers_serving_and_autoscaling_metrics():
+def test_the_dashboard_is_rendered_json():
+    # What it queries is checked against the code in tests/test_dashboard.py, against a scrape in
+    # tests/test_observability_live.py.
     board = json.loads((K8S / "grafana-dashboard.json").read_text())
-    exprs = " ".join(t["expr"] for p in board["panels"] for t in p.get("targets", []))
-    for metric in (
-        "ray_serve_deployment_queued_queries", "ray_serve_num_ongoing_requests_at_replicas",
-        "ray_serve_autoscaling_target_replicas", "vllm:num_requests_waiting", "vllm:num_requests_running",
-        "vllm:kv_cache_usage_perc", "vllm:time_to_first_token_seconds_bucket",
-        "ray_fleetserve_autoscaler_target_replicas", "ray_fleetserve_autoscaler_raw_desired_replicas",
-        "autoscaler_pending_nodes",
-    ):
-        assert metric in exprs, metric
-    ids = [p["id"] for p in board["panels"]]
-    assert len(ids) == len(set(ids))
+    assert board["uid"] == "fleetserve-serving" and board["panels"]
 
 
 # ---- worker group sizing -------------------------------------------------------------------------------------

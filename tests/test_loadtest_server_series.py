@@ -23,7 +23,7 @@ from loadtest.scraper import Scraper
 from loadtest.server_series import Round, build_server_series, read_round
 from loadtest.timeline import TIMELINE_PNG, write_run_report
 from loadtest.runner import with_server_series, write_results
-from serve_app.telemetry.metrics import AUTOSCALER_TARGET, ENGINE_SIGNAL_METRICS, RAY_PREFIX
+from serve_app.telemetry.metrics import AUTOSCALER_GAUGES, ENGINE_SIGNAL_METRICS, RAY_PREFIX
 
 REAL_SCRAPE = gzip.decompress((Path(__file__).parent / "data" / "ray_metrics_scrape.txt.gz").read_bytes()).decode()
 
@@ -39,7 +39,7 @@ def scrape_text(replicas: dict[str, dict[str, float]], *, model: str | tuple[str
             for rid, values in replicas.items():
                 g.labels(m, rid, "tp1-pp1-ep1/mp", "ServeReplica").set(values.get(signal, 0.0))
     if target is not None:
-        t = Gauge(RAY_PREFIX + AUTOSCALER_TARGET, "target", ("model",), registry=reg)
+        t = Gauge(RAY_PREFIX + AUTOSCALER_GAUGES["target_replicas"], "target", ("model",), registry=reg)
         for m in models:
             t.labels(m).set(target)
     return generate_latest(reg).decode()

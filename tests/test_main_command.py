@@ -1,4 +1,4 @@
-"""The README's main command: `fleetserve serve` deploys, prints where to send requests, stops on SIGTERM."""
+"""The README's main command: `fleetserve serve` deploys, prints where to send requests and scrape metrics, stops on SIGTERM."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -50,10 +50,22 @@ def test_fleetserve_serve_prints_the_url_answers_and_stops_cleanly(tmp_path):
                 url = m.group(1)
                 break
         assert url, "".join(lines[-40:])
+        metrics = None
+        for line in proc.stdout:  # the metrics line follows the URL, before "Ctrl-C to stop."
+            lines.append(line)
+            if m := re.search(r"metrics: (http://127\.0\.0\.1:\d+/metrics)$", line.strip()):
+                metrics = m.group(1)
+            if "Ctrl-C to stop" in line:
+                break
+        assert metrics, "".join(lines[-10:])
         r = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
             "model": "tiny-dense", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4})
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"]
+        # The printed endpoint is the node's Ray metrics export port: the request's TTFT is there
+        # once the replica's next report reaches Ray's agent.
+        wait_until(lambda: "ray_vllm_time_to_first_token_seconds_count" in httpx.get(metrics, timeout=10).text,
+                   timeout_s=60, what=f"vLLM's TTFT histogram at {metrics}")
         # The Ray it started runs without the dashboard (local_ray.dashboard defaults to false): a
         # full dashboard forks one "ray-dashboard-<Module>" process per module.
         tree = _descendant_cmdlines(proc.pid)

@@ -2,7 +2,8 @@
 
 One app per ingress mode (direct: HAProxy ──► replicas; router: HAProxy ──► router ──► replicas),
 each with two replicas of the tiny dense model, spans exported over OTLP/HTTP to a receiver in
-this process, and metrics read from the node's one endpoint: Ray's metrics export port.
+this process, and metrics read from the node's one endpoint: Ray's metrics export port. The
+same scrape holds every metric the Grafana dashboard (k8s/grafana-dashboard.json) queries.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
-from conftest import free_port, wait_until
+from conftest import REPO, free_port, wait_until
 from loadtest import build_plan, load_results, read_requests, run
 from loadtest.report import PNG_MAGIC
 from loadtest.timeline import write_run_report
@@ -24,6 +26,7 @@ from cluster.ray_cluster import ensure_ray
 from serve_app.app import build_application
 from serve_app.schema import parse_config
 from serve_app.telemetry.metrics import ENGINE_SIGNAL_METRICS, RAY_PREFIX
+from telemetry_helpers.dashboard import dashboard_exprs, label_names, metric_names, queried_metrics
 from telemetry_helpers.otlp import otlp_receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -31,6 +34,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 MODEL = "tiny-dense"
 _ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 TTFT, E2E = "ray_vllm_time_to_first_token_seconds", "ray_vllm_e2e_request_latency_seconds"
+KEY = "obs-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+# Per key and per gate (each replica in direct mode, the router in router mode): Locust's 4 users
+# stay under it; the dashboard test's burst of streams goes over it for a real 429.
+MAX_CONCURRENT = 6
 
 
 def scrape(url: str) -> dict[str, list]:
@@ -57,6 +65,7 @@ def app(request, tmp_path_factory):
     with otlp_receiver() as (endpoint, receiver):
         cfg = parse_config({
             "name": f"obs-{mode}",
+            "api_keys": [KEY], "key_limits": {"max_concurrent_requests": MAX_CONCURRENT},
             "http": {"port": port, "ingress": "router" if mode == "router" else "auto"},
             "local_ray": {"metrics_export_port": metrics_port},
             "telemetry": {"otlp_endpoint": endpoint, "sampling_ratio": 0.0, "request_log": str(tmp / "requests.jsonl")},
@@ -71,6 +80,7 @@ def app(request, tmp_path_factory):
         saved = dict(os.environ)
         # Replica processes export spans every 0.5 s instead of 5 s: the test reads them sooner.
         os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "500"
+        os.environ["FLEETSERVE_API_KEY"] = KEY  # the Locust users' key
         # Ray's processes export metrics every 1 s instead of 10 s: the load test's server series has 1 s points.
         os.environ["RAY_metrics_report_interval_ms"] = "1000"
         try:
@@ -142,7 +152,8 @@ def test_the_load_test_saw_the_server_queue_and_replicas_beside_client_ttft(app,
 
 def test_a_sampled_request_is_one_trace_across_processes(app):
     tid, parent = os.urandom(16).hex(), os.urandom(8).hex()
-    r = httpx.post(app["base"] + "/v1/chat/completions", timeout=60, headers={"traceparent": f"00-{tid}-{parent}-01"},
+    r = httpx.post(app["base"] + "/v1/chat/completions", timeout=60,
+                   headers={**AUTH, "traceparent": f"00-{tid}-{parent}-01"},
                    json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True})
     assert r.status_code == 200 and "[DONE]" in r.text
     want = {"replica", "llm_request", "queued", "prefill", "decode"} | ({"router"} if app["mode"] == "router" else set())
@@ -181,3 +192,43 @@ def test_request_log_has_a_line_per_request_joined_by_trace_id(app):
             assert x["status"] == 200 and x["output_tokens"] == sent[x["trace_id"]].output_tokens
     assert len({x["replica"] for x in lines}) == 2
     assert not re.search(r"Bearer|\"messages\"", app["request_log"].read_text())
+
+
+def _stream(base: str) -> int:
+    with httpx.stream("POST", base + "/v1/chat/completions", headers=AUTH, timeout=120, json={
+            "model": MODEL, "messages": [{"role": "user", "content": "count"}], "max_tokens": 128,
+            "ignore_eos": True, "stream": True}) as r:
+        for _ in r.iter_bytes():
+            pass
+        return r.status_code
+
+
+def test_every_metric_the_dashboard_queries_is_in_one_scrape(app):
+    # The refusal counter exists from the first refusal: over-run the key's concurrency limit on
+    # every gate (more streams than MAX_CONCURRENT per replica) for real 429s.
+    n = 2 * MAX_CONCURRENT + 4
+    with ThreadPoolExecutor(n) as pool:
+        statuses = list(pool.map(lambda _: _stream(app["base"]), range(n)))
+    assert 429 in statuses and set(statuses) <= {200, 429}, statuses
+    queried = queried_metrics(REPO / "k8s" / "grafana-dashboard.json")
+    assert len(queried) >= 15, sorted(queried)  # the extraction found the dashboard's metrics, not a few
+
+    last: dict = {}
+
+    def present():
+        last["got"] = got = scrape(app["metrics"])
+        seen = sum(s.value for s in got.get("ray_fleetserve_requests_refused_total", []) if s.labels["status"] == "429")
+        return got if queried <= set(got) and seen == statuses.count(429) else None
+
+    try:
+        got = wait_until(present, timeout_s=60, what="every dashboard metric and each 429 in one scrape")
+    except pytest.fail.Exception:
+        pytest.fail(f"missing from the last scrape: {sorted(queried - set(last.get('got', {})))}")
+    refused = [s for s in got["ray_fleetserve_requests_refused_total"] if s.labels["status"] == "429"]
+    assert {s.labels["reason"] for s in refused} == {"key_limit"}
+    # Every label the dashboard groups by or matches on is a label of the metric it applies to.
+    for expr in dashboard_exprs(json.loads((REPO / "k8s" / "grafana-dashboard.json").read_text())):
+        for name in metric_names(expr):
+            have = set().union(*(s.labels for s in got[name]))
+            assert label_names(expr) <= have, (expr, sorted(have))
+    print(f"{app['mode']}: {len(queried)} dashboard metrics in one scrape; {statuses.count(429)} of {n} streams got 429")

@@ -1,76 +1,128 @@
-"""The Grafana dashboard for serving and autoscaling, as a plain dict (k8s/grafana-dashboard.json).
+"""The Grafana dashboard of a fleetserve app, as a plain dict (k8s/grafana-dashboard.json).
 
-Metric names as Prometheus sees them: Ray exports Serve's and our own `ray.util.metrics` with a
-`ray_` prefix; vLLM's engine metrics appear either as `vllm:*` (vLLM's own Prometheus registry)
-or as `ray_vllm_*` (through Ray's metrics agent), so engine panels match both spellings.
+It reads only what the app exports through Ray's metrics agent (serve_app/telemetry/metrics.py),
+with the names and labels a scrape of the node's metrics export port shows (Ray adds `ray_`):
+
+    ray_vllm_*               vLLM's own metrics, label model_name (and ReplicaId, layout)
+    ray_fleetserve_*         engine signals, refusals and the autoscaler, label model
+    ray_serve_*              Serve's replicas and handle queues, labels application, deployment
+
+Every metric named here exists in a real scrape (tests/test_observability_live.py) and is one
+the code declares (tests/test_dashboard.py). Serve labels a model by its deployment
+(`model-<name>`, serve_app.app.deployment_name): `label_replace` gives those series a `model`
+label so replicas and the policy's target share a legend.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from serve_app.telemetry.metrics import (
+    AUTOSCALER_CLAMPS, AUTOSCALER_DECISIONS, AUTOSCALER_GAUGES, ENGINE_SIGNAL_METRICS, RAY_PREFIX, REFUSED,
+)
+
 __all__ = ["grafana_dashboard"]
 
 _DS = {"type": "prometheus", "uid": "${datasource}"}
 _APP = 'application=~"$application"'
+_RATE = "[$__rate_interval]"
+_WAITING_TOKENS = RAY_PREFIX + ENGINE_SIGNAL_METRICS["waiting_tokens"]
+_TARGET = RAY_PREFIX + AUTOSCALER_GAUGES["target_replicas"]
+_DECISIONS = RAY_PREFIX + AUTOSCALER_DECISIONS + "_total"
 
 
 def _vllm(metric: str) -> str:
-    """Selector for one vLLM metric under both exports, e.g. vllm:num_requests_waiting."""
-    return f'{{__name__=~"vllm:{metric}|ray_vllm_{metric}"}}'
+    """vLLM's metric `metric` as exported through Ray's agent (vllm:x is scraped as ray_vllm_x)."""
+    return f"ray_vllm_{metric}"
 
 
-# (title, unit, [(expr, legend)], description)
+def _ours(metric: str) -> str:
+    return RAY_PREFIX + metric
+
+
+def _quantiles(histogram: str) -> list[tuple[str, str]]:
+    """p50 and p95 per model of one vLLM histogram, summed over replicas."""
+    return [(f"histogram_quantile({q}, sum by (le, model_name) (rate({_vllm(histogram)}_bucket{_RATE})))",
+             f"p{int(q * 100)} {{{{model_name}}}}") for q in (0.5, 0.95)]
+
+
+def _by_model(expr: str) -> str:
+    """A Serve series (label deployment=model-<name>) with a `model` label beside it."""
+    return f'label_replace({expr}, "model", "$1", "deployment", "model-(.+)")'
+
+
+# (row title, [(title, unit, [(expr, legend)], description)])
 _ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]], str]]]] = [
-    ("Serve", [
-        ("Queued at handles", "short",
-         [(f"sum by (deployment) (ray_serve_deployment_queued_queries{{{_APP}}})", "{{deployment}}")],
-         "Requests waiting in Serve handles for a replica: the backlog the autoscaler adds to the engines' queues."),
-        ("Ongoing at replicas", "short",
-         [(f"sum by (deployment) (ray_serve_num_ongoing_requests_at_replicas{{{_APP}}})", "{{deployment}}")],
-         "Requests assigned to replicas (running or queued inside the engine)."),
-        ("Replicas: target vs healthy", "short",
-         [(f"max by (deployment) (ray_serve_autoscaling_target_replicas{{{_APP}}})", "target {{deployment}}"),
-          (f"sum by (deployment) (ray_serve_deployment_replica_healthy{{{_APP}}})", "healthy {{deployment}}")],
-         "The gap is replicas starting: placement, node provisioning and the model's cold start."),
+    ("Requests per model (vLLM)", [
+        ("Time to first token", "s", _quantiles("time_to_first_token_seconds"),
+         "Arrival at the engine to the first output token: queue time plus prefill."),
+        ("Inter-token latency", "s", _quantiles("inter_token_latency_seconds"),
+         "Time between two output tokens of a stream (decode speed as a client sees it)."),
+        ("End-to-end latency", "s", _quantiles("e2e_request_latency_seconds"),
+         "Arrival at the engine to the last token."),
+        ("Queue time", "s", _quantiles("request_queue_time_seconds"),
+         "Time a request waited in the engine's scheduler before its prefill started."),
+        ("Tokens / s", "short",
+         [(f"sum by (model_name) (rate({_vllm('prompt_tokens_total')}{_RATE}))", "prompt {{model_name}}"),
+          (f"sum by (model_name) (rate({_vllm('generation_tokens_total')}{_RATE}))", "output {{model_name}}")],
+         "Prompt tokens prefilled and output tokens generated per second, summed over replicas."),
+        ("Refused requests / s", "reqps",
+         [(f"sum by (model, status, reason) (rate({_ours(REFUSED)}_total{_RATE}))", "{{status}} {{reason}} {{model}}")],
+         "429: a key's limit (key_limits). 503: shed at a full queue (backpressure, prefill_queue_full) or a replica "
+         "that could not serve (engine_dead, engine_unavailable, unavailable). The series appears at the first refusal."),
     ]),
-    ("Engine (vLLM)", [
+    ("Engine queue and KV pressure", [
         ("Requests waiting / running", "short",
          [(f"sum by (model_name) ({_vllm('num_requests_waiting')})", "waiting {{model_name}}"),
           (f"sum by (model_name) ({_vllm('num_requests_running')})", "running {{model_name}}")],
-         "Engine scheduler queues; waiting > 0 for long means the replicas are saturated."),
+         "The engines' scheduler queues, summed over replicas; waiting > 0 for long means the replicas are saturated."),
+        ("Waiting prompt tokens", "short",
+         [(f"sum by (model) ({_WAITING_TOKENS})", "{{model}}")],
+         "Prompt tokens waiting for prefill, summed over replicas: the backlog the token-weighted policy and "
+         "limits.max_waiting_prompt_tokens act on."),
         ("KV cache usage", "percentunit",
          [(f"max by (model_name) ({_vllm('kv_cache_usage_perc')})", "max {{model_name}}"),
           (f"avg by (model_name) ({_vllm('kv_cache_usage_perc')})", "avg {{model_name}}")],
-         "Fraction (0-1) of KV cache blocks in use; scale-down keeps it under autoscaling.downscale_max_kv_usage."),
-        ("Time to first token", "s",
-         [(f"histogram_quantile({q}, sum by (le, model_name) (rate({_vllm('time_to_first_token_seconds_bucket')}"
-           f"[$__rate_interval])))", f"p{int(q * 100)} {{{{model_name}}}}") for q in (0.5, 0.95, 0.99)],
-         "Queueing plus prefill, per model."),
-        ("Generated tokens / s", "short",
-         [(f"sum by (model_name) (rate({_vllm('generation_tokens_total')}[$__rate_interval]))", "{{model_name}}")],
-         "Output throughput per model."),
+         "Fraction (0-1) of KV cache blocks in use per replica; scale-down keeps it under "
+         "autoscaling.downscale_max_kv_usage."),
     ]),
-    ("Autoscaling (fleetserve policy and Ray autoscaler)", [
-        ("Policy: target vs raw desired replicas", "short",
-         [("max by (model) (ray_fleetserve_autoscaler_target_replicas)", "target {{model}}"),
-          ("max by (model) (ray_fleetserve_autoscaler_raw_desired_replicas)", "raw desired {{model}}")],
-         "Each decision of the queue-depth policy; raw desired is before step limits, cooldowns and bounds."),
-        ("Policy: backlog and panic", "short",
-         [("max by (model) (ray_fleetserve_autoscaler_backlog)", "backlog {{model}}"),
-          ("max by (model) (ray_fleetserve_autoscaler_panic)", "panic {{model}}"),
-          ("max by (model) (ray_fleetserve_autoscaler_clamps)", "clamps {{model}}")],
-         "Backlog the policy saw (requests or tokens), 1 while in panic / wake-up mode, clamps applied."),
-        ("Ray autoscaler: nodes", "short",
-         [("sum by (NodeType) (autoscaler_active_nodes)", "active {{NodeType}}"),
-          ("sum by (NodeType) (autoscaler_pending_nodes)", "pending {{NodeType}}")],
-         "Worker pods (Ray nodes) per group; pending nodes wait for a GPU node (kubernetes.model_cold_start_s)."),
-        ("Ray autoscaler: GPUs", "short",
-         [('max(autoscaler_cluster_resources{resource="GPU"})', "cluster GPUs"),
-          ('max(autoscaler_pending_resources{resource="GPU"})', "pending GPUs")],
-         "Logical GPUs in the cluster and GPUs requested by pending placement groups."),
+    ("Replicas and autoscaling", [
+        ("Replicas vs autoscaler target", "short",
+         [(_by_model(f"sum by (deployment) (ray_serve_deployment_replica_healthy{{{_APP}}})"), "healthy {{model}}"),
+          (f"max by (model) ({_TARGET})", "target {{model}}"),
+          (f"max by (model) ({_ours(AUTOSCALER_GAUGES['raw_desired'])})", "raw desired {{model}}")],
+         "The policy's target and what it wanted before step limits, cooldowns and bounds; the gap to healthy "
+         "is replicas starting (placement, nodes, the model's cold start). Scale decisions are annotated."),
+        ("Policy: backlog, panic, clamps", "short",
+         [(f"max by (model) ({_ours(AUTOSCALER_GAUGES['backlog'])})", "backlog {{model}}"),
+          (f"max by (model) ({_ours(AUTOSCALER_GAUGES['panic'])})", "panic {{model}}"),
+          (f"max by (model) ({_ours(AUTOSCALER_GAUGES['clamps'])})", "clamps {{model}}")],
+         "Backlog the last decision saw (requests or tokens), 1 while in panic / wake-up mode, clamps it applied."),
+        ("Policy: decisions and clamps / min", "short",
+         [(f"sum by (model, direction) (increase({_DECISIONS}[1m]))", "{{direction}} {{model}}"),
+          (f"sum by (model, clamp) (increase({_ours(AUTOSCALER_CLAMPS)}_total[1m]))", "clamp {{clamp}} {{model}}")],
+         "Decisions per minute by direction (hold included) and the clamps that shaped them, by rule."),
+        ("Serve: queued at handles / ongoing at replicas", "short",
+         [(_by_model(f"sum by (deployment) (ray_serve_deployment_queued_queries{{{_APP}}})"), "queued {{model}}"),
+          (_by_model(f"sum by (deployment) (ray_serve_num_ongoing_requests_at_replicas{{{_APP}}})"),
+           "ongoing {{model}}")],
+         "Requests waiting in Serve handles for a replica (router mode) and assigned to replicas."),
     ]),
 ]
+
+# One annotation per scale-up or scale-down (holds are not events), from the decisions counter.
+_DECISION_ANNOTATION = {
+    "name": "Scale decisions",
+    "datasource": _DS,
+    "enable": True,
+    "iconColor": "orange",
+    "expr": f'sum by (model, direction) (increase({_DECISIONS}{{direction!="hold"}}[1m])) > 0',
+    "step": "1m",
+    "titleFormat": "scale {{direction}}",
+    "textFormat": "{{model}}: {{direction}} decisions in the last minute",
+    "tagKeys": "model,direction",
+    "useValueForTime": False,
+}
 
 
 def grafana_dashboard() -> dict[str, Any]:
@@ -91,10 +143,11 @@ def grafana_dashboard() -> dict[str, Any]:
         "tags": ["fleetserve", "ray-serve", "vllm"],
         "timezone": "browser",
         "schemaVersion": 39,
-        "version": 1,
+        "version": 2,
         "editable": True,
         "refresh": "10s",
         "time": {"from": "now-1h", "to": "now"},
+        "annotations": {"list": [_DECISION_ANNOTATION]},
         "templating": {"list": [
             {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus"},
             {"name": "application", "label": "Serve application", "type": "query", "datasource": _DS,

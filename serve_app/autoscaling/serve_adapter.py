@@ -38,6 +38,7 @@ from serve_app.autoscaling.audit import AuditLog, DecisionRecord
 from serve_app.autoscaling.policy import Observation, PolicyState, decide, due
 from serve_app.autoscaling.shadows import evaluate as evaluate_shadows
 from serve_app.schema import AutoscalingConfig
+from serve_app.telemetry.metrics import AUTOSCALER_CLAMPS, AUTOSCALER_DECISIONS, AUTOSCALER_GAUGES
 from serve_app.engines.base import (
     KV_USAGE, METRIC_PREFIX, RUNNING_REQUESTS, TTFT_S, WAITING_REQUESTS, WAITING_TOKENS, metric_name, signal_of_metric,
 )
@@ -217,23 +218,19 @@ class QueueDepthPolicy:
     def _set_gauges(self, rec: DecisionRecord) -> None:
         from ray.util.metrics import Counter, Gauge
 
-        from serve_app.telemetry.metrics import AUTOSCALER_TARGET
-
         if self._gauges is None:
             keys = ("model",)
             self._counters = {
-                "decisions": Counter("fleetserve_autoscaler_decisions", "Decisions taken, by direction (up/down/hold).",
+                "decisions": Counter(AUTOSCALER_DECISIONS, "Decisions taken, by direction (up/down/hold).",
                                      ("model", "direction")),
-                "clamps": Counter("fleetserve_autoscaler_clamps_applied", "Clamps applied to decisions, by rule.",
-                                  ("model", "clamp")),
+                "clamps": Counter(AUTOSCALER_CLAMPS, "Clamps applied to decisions, by rule.", ("model", "clamp")),
             }
-            self._gauges = {
-                "target_replicas": Gauge(AUTOSCALER_TARGET, "Replica target the policy chose.", keys),
-                "raw_desired": Gauge("fleetserve_autoscaler_raw_desired_replicas", "Replicas wanted before clamps.", keys),
-                "backlog": Gauge("fleetserve_autoscaler_backlog", "Backlog the policy saw (requests or tokens).", keys),
-                "panic": Gauge("fleetserve_autoscaler_panic", "1 while the policy is in panic or wake-up mode.", keys),
-                "clamps": Gauge("fleetserve_autoscaler_clamps", "Clamps applied to the last decision.", keys),
-            }
+            helps = {"target_replicas": "Replica target the policy chose.",
+                     "raw_desired": "Replicas wanted before clamps.",
+                     "backlog": "Backlog the policy saw (requests or tokens).",
+                     "panic": "1 while the policy is in panic or wake-up mode.",
+                     "clamps": "Clamps applied to the last decision."}
+            self._gauges = {k: Gauge(name, helps[k], keys) for k, name in AUTOSCALER_GAUGES.items()}
         tags = {"model": self.model}
         self._gauges["target_replicas"].set(rec.target_replicas, tags)
         self._gauges["raw_desired"].set(rec.raw_desired, tags)

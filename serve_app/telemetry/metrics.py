@@ -13,9 +13,12 @@ PromQL `sum by (model)` aggregates over replicas. Ray prefixes each name with `r
                                                         model_name, ReplicaId, layout vLLM's own stat logger
     ray_fleetserve_engine_<signal>                      model, replica, layout        EngineStats (base.SIGNALS)
     ray_fleetserve_requests_refused_total               model, replica, status, reason   gate 429, guard/router 503
-    ray_fleetserve_autoscaler_*                         model                         the policy adapter
+    ray_fleetserve_autoscaler_<gauge>                   model                         the policy adapter
+    ray_fleetserve_autoscaler_decisions_total           model, direction (up/down/hold)  the policy adapter
+    ray_fleetserve_autoscaler_clamps_applied_total      model, clamp                  the policy adapter
 
-`ENGINE_SIGNAL_METRICS`, `REFUSED` and `AUTOSCALER_TARGET` are the names the dashboard and tests import.
+`ENGINE_SIGNAL_METRICS`, `REFUSED` and `AUTOSCALER_*` are the names the adapter, the dashboard
+and tests import; `scraped_names()` is every fleetserve name as Prometheus sees it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from typing import Any, Callable
 
 from serve_app.engines.base import SIGNALS, EngineStats, metric_name
 
-__all__ = ["ENGINE_SIGNAL_METRICS", "REFUSED", "AUTOSCALER_TARGET", "RAY_PREFIX", "Refusals", "report_engine_signals",
+__all__ = ["AUTOSCALER_CLAMPS", "AUTOSCALER_DECISIONS", "AUTOSCALER_GAUGES", "ENGINE_SIGNAL_METRICS", "REFUSED",
+           "RAY_PREFIX", "scraped_names", "Refusals", "report_engine_signals",
            "vllm_stat_logger", "layout_label", "replica_id"]
 
 log = logging.getLogger("ray.serve")
@@ -36,8 +40,25 @@ RAY_PREFIX = "ray_"  # Ray's metrics agent prefixes every application metric
 _OURS = "fleetserve_"
 ENGINE_SIGNAL_METRICS = {s: _OURS + metric_name(s) for s in SIGNALS}  # e.g. fleetserve_engine_waiting_tokens
 REFUSED = _OURS + "requests_refused"  # a counter: scraped as ray_fleetserve_requests_refused_total
-AUTOSCALER_TARGET = _OURS + "autoscaler_target_replicas"  # a gauge {model}: set by the policy adapter
+# The policy adapter's metrics (serve_app/autoscaling/serve_adapter.py): one gauge per field of
+# the last decision, and two counters (scraped with `_total`).
+AUTOSCALER_GAUGES = {
+    "target_replicas": _OURS + "autoscaler_target_replicas",
+    "raw_desired": _OURS + "autoscaler_raw_desired_replicas",
+    "backlog": _OURS + "autoscaler_backlog",
+    "panic": _OURS + "autoscaler_panic",
+    "clamps": _OURS + "autoscaler_clamps",
+}
+AUTOSCALER_DECISIONS = _OURS + "autoscaler_decisions"  # labels model, direction
+AUTOSCALER_CLAMPS = _OURS + "autoscaler_clamps_applied"  # labels model, clamp
+_COUNTERS = (REFUSED, AUTOSCALER_DECISIONS, AUTOSCALER_CLAMPS)
 _SIGNAL_PERIOD_S = 1.0
+
+
+def scraped_names() -> frozenset[str]:
+    """Every fleetserve metric as a scrape names it: Ray's prefix, and `_total` on counters."""
+    gauges = (*ENGINE_SIGNAL_METRICS.values(), *AUTOSCALER_GAUGES.values())
+    return frozenset([RAY_PREFIX + g for g in gauges] + [RAY_PREFIX + c + "_total" for c in _COUNTERS])
 
 
 def layout_label(parallelism: Any, executor: str) -> str:
