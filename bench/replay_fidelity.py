@@ -17,6 +17,7 @@ were closed loop, so a slower replay cannot slow its own arrivals down, as a liv
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -91,7 +92,7 @@ def compare_replay(out: Path, live: dict, *, cold_start: str = "measured") -> di
     """Replay the live run's requests.jsonl with the same config; return the fidelity figures."""
     from serve_app.autoscaling.compare import percentile, summarize
     from serve_app.autoscaling.des import run_replay
-    from serve_app.autoscaling.fidelity import agreement, measured_startups
+    from serve_app.autoscaling.fidelity import agreement, measured_startups, unloaded_overhead_s
     from serve_app.autoscaling.runners import runner_for
     from serve_app.autoscaling.session import open_session
     from serve_app.autoscaling.traces import read_trace
@@ -104,7 +105,9 @@ def compare_replay(out: Path, live: dict, *, cold_start: str = "measured") -> di
     s = open_session(out / "deploy.yaml", MODEL, cold_start_samples=startups if cold_start == "measured" else ())
     recs = [json.loads(line) for line in (out / "live" / "requests.jsonl").read_text().splitlines() if line.strip()]
     trace = read_trace(out / "live" / "requests.jsonl")
-    r = run_replay(trace, runner_for("replay", s.policy), s.setup)
+    # The HTTP path, measured on the requests that met an idle fleet (ReplaySetup.ingress_s).
+    setup = dataclasses.replace(s.setup, ingress_s=unloaded_overhead_s(recs, s.setup.latency))
+    r = run_replay(trace, runner_for("replay", s.policy), setup)
     offset = min(x["start_unix_s"] for x in recs) - live["t0"]  # replay t=0 is the first request's send time
     last_end = max(x["start_unix_s"] + x["e2e_ms"] / 1e3 for x in recs) - live["t0"]
     ag = agreement([(t - live["t0"], running) for t, _tg, _h, running in live["samples"]], r,
@@ -113,6 +116,7 @@ def compare_replay(out: Path, live: dict, *, cold_start: str = "measured") -> di
     p95 = percentile(ttft, 95) * 1e3
     p50 = percentile(ttft, 50) * 1e3
     return {"cold_start": cold_start, "measured_startups_s": startups, "latency_model": s.setup.latency.describe(),
+            "http_path_ms": round(setup.ingress_s * 1e3, 1),
             "samples_compared": ag.samples, "within_one_replica": round(ag.within_one, 3), "exact": round(ag.exact, 3),
             "live_peak": ag.live_peak, "replay_peak": ag.replay_peak,
             "live_ttft_p50_ms": live["ttft_p50_ms"], "replay_ttft_p50_ms": round(p50, 1),

@@ -22,7 +22,7 @@ from serve_app.autoscaling.runners import QueueDepthRunner, ServeDefaultRunner
 from serve_app.autoscaling.serve_default import ServeDefaultState, serve_default_decide
 from serve_app.autoscaling.shadows import evaluate
 from serve_app.autoscaling.traces import RequestTrace, generate, load_requests, read_trace
-from serve_app.autoscaling.tune import tune, yaml_block
+from serve_app.autoscaling.tune import search_space, tune, yaml_block
 from serve_app.config import AutoscalingConfig
 from serve_app.engines.batching import BatchModel, Seq
 from serve_app.errors import ConfigError
@@ -122,6 +122,21 @@ def test_generators_are_seeded_and_shaped():
     assert len(generate("diurnal", rate_rps=10, period_s=100, duration_s=100, seed=1)) > 0
 
 
+def test_a_mixed_burst_gives_the_burst_requests_their_own_lengths_and_keeps_the_arrivals():
+    kw = dict(rate_rps=5, burst_rps=20, burst_s=20, burst_every_s=100, first_burst_s=40, duration_s=100, seed=2,
+              prompt_tokens=256, output_tokens=128)
+    plain = generate("bursty", **kw)
+    mixed = generate("bursty", **kw, burst_prompt_tokens=4096, burst_output_tokens=16)
+    assert mixed.arrival_s == plain.arrival_s  # the same thinning draws: only the lengths differ
+    inside = [p for t, p in zip(mixed.arrival_s, mixed.prompt_tokens) if 40 <= t < 60]
+    outside = [p for t, p in zip(mixed.arrival_s, mixed.prompt_tokens) if not 40 <= t < 60]
+    assert max(outside) <= 384 and sum(p > 2000 for p in inside) > 0.6 * len(inside)
+    assert load_requests("gen:bursty,rate_rps=5,burst_rps=20,burst_s=20,burst_every_s=100,first_burst_s=40,duration_s=100,"
+                         "seed=2,prompt_tokens=256,output_tokens=128,burst_prompt_tokens=4096,burst_output_tokens=16") == mixed
+    with pytest.raises(ConfigError, match="bursty generator only"):
+        generate("poisson", rate_rps=5, duration_s=10, burst_prompt_tokens=4096)
+
+
 # ---- the replay ----------------------------------------------------------------------------------
 
 def _setup(**kw) -> ReplaySetup:
@@ -134,6 +149,22 @@ def test_a_lone_request_is_timed_by_the_batch_model():
     ttft = 0.04 + 100 * 0.0002 + 0.001
     assert r.ttft_s[0] == pytest.approx(ttft) and r.e2e_s[0] == pytest.approx(ttft + 4 * 0.04)
     assert r.tpot_s[0] == pytest.approx(0.04) and r.finished == 1
+
+
+def test_the_http_path_is_added_to_every_request_and_measured_on_the_unloaded_ones():
+    from serve_app.autoscaling.fidelity import unloaded_overhead_s
+
+    tr = RequestTrace.from_rows([(1.0, 100, 5), (1.05, 100, 5), (9.0, 100, 5)])
+    plain = run_replay(tr, QueueDepthRunner("q", POLICY), _setup())
+    hop = run_replay(tr, QueueDepthRunner("q", POLICY), _setup(ingress_s=0.03))
+    assert [b - a for a, b in zip(plain.ttft_s, hop.ttft_s)] == pytest.approx([0.03] * 3)
+    lone = (0.04 + 100 * 0.0002 + 0.001) * 1e3
+    rec = [{"start_unix_s": 10.0, "ttft_ms": lone + 30, "e2e_ms": 300, "input_tokens": 100},  # alone: 30 ms of hops
+           {"start_unix_s": 20.0, "ttft_ms": lone + 500, "e2e_ms": 900, "input_tokens": 100},  # queued behind the next:
+           {"start_unix_s": 20.1, "ttft_ms": lone + 900, "e2e_ms": 1200, "input_tokens": 100},  # not a measure of the path
+           {"start_unix_s": 30.0, "ttft_ms": lone + 40, "e2e_ms": 300, "input_tokens": 100}]
+    assert unloaded_overhead_s(rec, LAT) == pytest.approx(0.035)
+    assert unloaded_overhead_s(rec[1:3], LAT) == 0.0
 
 
 @settings(max_examples=25, deadline=None)
@@ -238,6 +269,18 @@ def test_tune_finds_a_feasible_policy_and_writes_a_loadable_block():
     again = AutoscalingConfig.model_validate(block)  # rounded to 3 decimals for reading
     assert again.target_queue_per_replica == pytest.approx(res.best.config.target_queue_per_replica, abs=1e-3)
     assert (again.min_replicas, again.max_replicas) == (res.best.config.min_replicas, 6)
+
+
+def test_the_search_space_suggests_only_the_chosen_metrics_target():
+    from optuna.trial import FixedTrial
+
+    common = {"min_replicas": 1, "upscale_stabilization_s": 1.0, "downscale_stabilization_s": 10.0, "upscale_cooldown_s": 0.0,
+              "downscale_cooldown_s": 0.0, "max_step_up": 2, "max_step_down": 1, "max_step_down_percent": 10.0,
+              "panic_threshold": 3.0}
+    # FixedTrial raises on a parameter it was not given: these pass only if the other target is not asked for.
+    req = search_space(FixedTrial({**common, "metric": "requests", "target_queue_per_replica": 2.0}), "queue_depth", POLICY, 6)
+    tok = search_space(FixedTrial({**common, "metric": "tokens", "target_waiting_tokens_per_replica": 4096}), "queue_depth", POLICY, 6)
+    assert "target_waiting_tokens_per_replica" not in req and "target_queue_per_replica" not in tok
 
 
 def test_shadows_decide_on_the_same_observation_and_keep_their_own_state():

@@ -27,68 +27,16 @@ import heapq
 import math
 import random
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Protocol, Sequence
 
+from serve_app.autoscaling._replay_types import ReplayPolicy, ReplayResult, ReplaySetup
 from serve_app.autoscaling.latency import LatencyModel
 from serve_app.autoscaling.policy import Observation
 from serve_app.autoscaling.traces import RequestTrace
-from serve_app.schema import AutoscalingConfig
 from serve_app.engines.batching import BatchModel, Seq
 
 __all__ = ["ReplayPolicy", "ReplaySetup", "ReplayResult", "run_replay"]
 
 _NAN = float("nan")
-
-
-class ReplayPolicy(Protocol):
-    """What the replay calls: a name, the autoscaling config (bounds, metric windows) and a tick."""
-
-    name: str
-    config: AutoscalingConfig
-    tick_s: float
-
-    def __call__(self, obs: Observation) -> int: ...
-
-
-@dataclass(frozen=True)
-class ReplaySetup:
-    """The deployment around the policy: replica timing, Serve's limits, cold starts, seed."""
-
-    latency: LatencyModel
-    max_ongoing_requests: int = 256
-    max_queued_requests: int | None = None
-    request_timeout_s: float | None = None
-    graceful_shutdown_timeout_s: float = 30.0
-    cold_start_samples_s: tuple[float, ...] = ()  # measured start-ups to draw from; () = latency.cold_start_s
-    seed: int = 0
-    tail_s: float = 60.0  # replica-seconds are counted to the last arrival + tail_s (or the last finish)
-
-
-@dataclass
-class ReplayResult:
-    """Per-request latencies (seconds, NaN where a request got none), counts and the timeline."""
-
-    policy: str
-    latency: str
-    requests: int
-    finished: int
-    shed: int
-    timed_out: int
-    killed: int  # still in a draining replica at its graceful shutdown deadline
-    unfinished: int
-    ttft_s: list[float]
-    tpot_s: list[float]
-    e2e_s: list[float]
-    arrival_s: Sequence[float]
-    replica_s: float
-    gpu_hours: float
-    scale_events: int
-    flaps: int  # scale direction reversals
-    peak_queue: float  # handle queue + engine waiting, at a metrics sample
-    horizon_s: float
-    # (t, handle queue, engine waiting, engine running, replicas running, starting, target)
-    timeline: list[tuple[float, int, int, int, int, int, int]] = field(default_factory=list)
 
 
 class _Replica:
@@ -159,7 +107,8 @@ class _Sim:
         arrivals, prompts, outputs = self.trace.arrival_s, self.trace.prompt_tokens, self.trace.output_tokens
         n = len(arrivals)
         cfg = self.cfg
-        end_arrivals = arrivals[-1] if n else 0.0
+        ing = self.setup.ingress_s
+        end_arrivals = (arrivals[-1] if n else 0.0) + ing
         self.horizon = end_arrivals + self.setup.tail_s
         self._push(0.0, _PUSH)
         self._push(0.0, _TICK)
@@ -167,7 +116,7 @@ class _Sim:
         i = 0
         limit = self.horizon + 3600.0  # a fleet that never serves again stops the replay here
         while True:
-            t_arr = arrivals[i] if i < n else math.inf
+            t_arr = arrivals[i] + ing if i < n else math.inf
             if heap and heap[0][0] <= t_arr:
                 t, _, kind, obj, version = pop(heap)
                 if t > limit:

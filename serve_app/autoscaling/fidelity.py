@@ -6,16 +6,20 @@ Pure. Shared by bench/replay_fidelity.py and the live autoscaling test.
                                             RUNNING replica at t_b, start-up t_b - t_a (FIFO)
     live samples + replay timeline     ──► agreement: share of live samples where the replay's
                                             running replicas are within one of the live count
+    live requests + latency model      ──► unloaded_overhead_s: what the HTTP path adds to a request
+                                            that met an idle fleet (ReplaySetup.ingress_s)
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from serve_app.autoscaling.des import ReplayResult
+from serve_app.autoscaling.latency import LatencyModel
 
-__all__ = ["measured_startups", "Agreement", "agreement"]
+__all__ = ["measured_startups", "Agreement", "agreement", "unloaded_overhead_s"]
 
 
 def measured_startups(samples: Sequence[tuple[float, int, int]]) -> list[float]:
@@ -66,3 +70,23 @@ def agreement(live: Sequence[tuple[float, int]], replay: ReplayResult, *, offset
         samples=len(pairs), within_one=sum(abs(a - b) <= 1 for _, a, b in pairs) / n,
         exact=sum(a == b for _, a, b in pairs) / n, live_peak=max((a for _, a, _ in pairs), default=0),
         replay_peak=max((b for _, _, b in pairs), default=0), pairs=tuple(pairs))
+
+
+def unloaded_overhead_s(records: Sequence[Mapping[str, Any]], latency: LatencyModel) -> float:
+    """Median live TTFT beyond the model's, over requests alone in flight until their first token; 0 if none was.
+
+    records: loadtest's requests.jsonl rows (start_unix_s, ttft_ms, e2e_ms, input_tokens). Such a
+    request met an idle replica, so the model's TTFT is one step that admits it; the rest is the
+    proxy, ingress and replica hops the replay does not simulate. Only these requests are used:
+    the loaded ones, whose TTFT is queueing, are what a fidelity check compares and must not tune it.
+    """
+    ok = [r for r in records if r.get("ok", True) and r.get("ttft_ms") is not None]
+    spans = [(r["start_unix_s"], r["start_unix_s"] + r["e2e_ms"] / 1e3) for r in records]
+    gaps = []
+    for r in ok:
+        t, first = r["start_unix_s"], r["start_unix_s"] + r["ttft_ms"] / 1e3
+        if sum(a < first and t < b for a, b in spans) == 1:  # no other request overlaps [send, first token]
+            lone = (latency.decode_step_base_s + latency.prefill_s_per_token * int(r.get("input_tokens") or 0)
+                    + latency.prefill_s_per_request)
+            gaps.append(r["ttft_ms"] / 1e3 - lone)
+    return max(0.0, statistics.median(gaps)) if gaps else 0.0

@@ -234,34 +234,57 @@ GENERATORS = ("poisson", "diurnal", "ramp", "bursty")
 
 
 def generate(kind: str, *, duration_s: float, seed: int = 0, prompt_tokens: int = 512, output_tokens: int = 128,
-             length_jitter: float = 0.5, length_sigma: float = 0.0, **params: float) -> RequestTrace:
+             length_jitter: float = 0.5, length_sigma: float = 0.0, burst_prompt_tokens: int | None = None,
+             burst_output_tokens: int | None = None, **params: float) -> RequestTrace:
     """Draw a seeded trace; token counts are uniform in mean * (1 ± length_jitter), or lognormal with
-    that mean and `length_sigma` when it is > 0 (heavy-tailed, as chat prompts are)."""
+    that mean and `length_sigma` when it is > 0 (heavy-tailed, as chat prompts are).
+
+    bursty only: `burst_prompt_tokens` / `burst_output_tokens` give the burst's own requests (the
+    +burst_rps part) other mean lengths, e.g. a batch of long-document summaries landing on chat
+    traffic: the request rate then says little about the work. Unset, the trace is drawn exactly
+    as before (the same seed gives the same requests).
+    """
     if duration_s <= 0:
         raise ConfigError([("duration_s", f"{duration_s} must be > 0")], source=f"generator {kind}")
     rate, peak = _rate_fn(kind, {**params, "duration_s": params.get("duration_s", duration_s)})
     if peak <= 0:
         raise ConfigError([("rate_rps", f"peak rate {peak} must be > 0")], source=f"generator {kind}")
+    mixed = burst_prompt_tokens is not None or burst_output_tokens is not None
+    if mixed and kind != "bursty":
+        raise ConfigError([("burst_prompt_tokens", f"burst lengths apply to the bursty generator only, not {kind!r}; "
+                            "use gen:bursty or drop burst_prompt_tokens/burst_output_tokens")], source=f"generator {kind}")
+    base_rate = float(params.get("rate_rps", 10.0))
     rng = random.Random(seed)
     expo, uni = rng.expovariate, rng.random
     times: list[float] = []
+    in_burst: list[bool] = []
     t = 0.0
     while True:
         t += expo(peak)
         if t >= duration_s:
             break
-        if uni() * peak <= rate(t):  # thinning: accept with probability rate(t) / peak
+        r = rate(t)
+        u = uni() * peak
+        if u <= r:  # thinning: accept with probability rate(t) / peak
             times.append(t)
+            if mixed:  # u is uniform on [0, r): below the base rate it is base traffic, above it the burst's
+                in_burst.append(u > base_rate)
     n = len(times)
     j = max(0.0, min(1.0, length_jitter))
 
-    def lengths(mean: int, lo: int) -> tuple[int, ...]:
+    def draw(mean: int, lo: int) -> int:
         if length_sigma > 0:
             mu = math.log(mean) - length_sigma ** 2 / 2  # E[lognormal] = mean
-            return tuple(max(lo, int(rng.lognormvariate(mu, length_sigma))) for _ in range(n))
-        return tuple(max(lo, int(mean * (1 - j + 2 * j * uni()))) for _ in range(n))
+            return max(lo, int(rng.lognormvariate(mu, length_sigma)))
+        return max(lo, int(mean * (1 - j + 2 * j * uni())))
 
-    prompts, outputs = lengths(prompt_tokens, 1), lengths(output_tokens, 1)
+    def lengths(mean: int, burst_mean: int | None, lo: int) -> tuple[int, ...]:
+        if not mixed:
+            return tuple(draw(mean, lo) for _ in range(n))
+        return tuple(draw(burst_mean if b and burst_mean is not None else mean, lo) for b in in_burst)
+
+    prompts = lengths(prompt_tokens, burst_prompt_tokens, 1)
+    outputs = lengths(output_tokens, burst_output_tokens, 1)
     return RequestTrace(tuple(times), prompts, outputs, None, f"gen:{kind}(seed={seed})")
 
 
@@ -281,5 +304,6 @@ def load_requests(spec: str, *, columns: Mapping[str, str] | None = None, fmt: s
             raise ConfigError([(kv, "write key=value")], source=spec)
     if "duration_s" not in params:
         raise ConfigError([("duration_s", "required, e.g. gen:poisson,rate_rps=10,duration_s=600")], source=spec)
-    ints = {k: int(params.pop(k)) for k in ("seed", "prompt_tokens", "output_tokens") if k in params}
+    ints = {k: int(params.pop(k)) for k in ("seed", "prompt_tokens", "output_tokens", "burst_prompt_tokens",
+                                             "burst_output_tokens") if k in params}
     return generate(kind, duration_s=params.pop("duration_s"), **ints, **params)

@@ -53,10 +53,11 @@ class TuneResult:
     frontier: tuple[Trial, ...]
 
 
-def search_space(trial: Any, kind: Kind, base: AutoscalingConfig, max_ongoing: int) -> dict[str, Any]:
+def search_space(trial: Any, kind: Kind, base: AutoscalingConfig, max_ongoing: int, *,
+                 metrics: tuple[str, ...] = ("requests", "tokens")) -> dict[str, Any]:
     """Suggest one candidate's settings (the fields tuned; the bounds' maximum and the metric windows stay).
 
-    The queue-depth space includes its signal: waiting requests or waiting prompt tokens.
+    The queue-depth space includes its signal, one of `metrics`: waiting requests or waiting prompt tokens.
     """
     hi_min = max(base.min_replicas, min(base.max_replicas, max(1, base.max_replicas // 2)))
     p: dict[str, Any] = {"min_replicas": trial.suggest_int("min_replicas", base.min_replicas, hi_min)}
@@ -65,9 +66,14 @@ def search_space(trial: Any, kind: Kind, base: AutoscalingConfig, max_ongoing: i
         p["upscale_stabilization_s"] = trial.suggest_float("upscale_stabilization_s", 0.0, 60.0)
         p["downscale_stabilization_s"] = trial.suggest_float("downscale_stabilization_s", 5.0, 900.0, log=True)
         return p
-    p["metric"] = trial.suggest_categorical("metric", ["requests", "tokens"])
-    p["target_queue_per_replica"] = trial.suggest_float("target_queue_per_replica", 0.25, 64.0, log=True)
-    p["target_waiting_tokens_per_replica"] = trial.suggest_int("target_waiting_tokens_per_replica", 256, 262144, log=True)
+    # Only the chosen metric's target is searched: the other one is unused (a request queued at a
+    # handle counts as the token target / the request target, so for `tokens` the request target
+    # stays its default). Suggesting both spent the TPE budget on a dimension that changes nothing.
+    p["metric"] = trial.suggest_categorical("metric", list(metrics))
+    if p["metric"] == "requests":
+        p["target_queue_per_replica"] = trial.suggest_float("target_queue_per_replica", 0.25, 64.0, log=True)
+    else:
+        p["target_waiting_tokens_per_replica"] = trial.suggest_int("target_waiting_tokens_per_replica", 256, 262144, log=True)
     p["upscale_stabilization_s"] = trial.suggest_float("upscale_stabilization_s", 0.0, 60.0)
     p["downscale_stabilization_s"] = trial.suggest_float("downscale_stabilization_s", 5.0, 900.0, log=True)
     p["upscale_cooldown_s"] = trial.suggest_float("upscale_cooldown_s", 0.0, 60.0)
@@ -80,8 +86,12 @@ def search_space(trial: Any, kind: Kind, base: AutoscalingConfig, max_ongoing: i
 
 
 def tune(trace: RequestTrace, base: AutoscalingConfig, setup: ReplaySetup, slo: Slo, *, kind: Kind = "queue_depth",
-         trials: int = 60, seed: int = 0, progress: Callable[[int, Trial], None] | None = None) -> TuneResult:
-    """Run `trials` replays chosen by Optuna's TPE; return every trial, the best and the frontier."""
+         trials: int = 60, seed: int = 0, progress: Callable[[int, Trial], None] | None = None,
+         metrics: tuple[str, ...] = ("requests", "tokens")) -> TuneResult:
+    """Run `trials` replays chosen by Optuna's TPE; return every trial, the best and the frontier.
+
+    metrics: the queue-depth signals searched (one of them alone tells what the other one is worth).
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -89,7 +99,7 @@ def tune(trace: RequestTrace, base: AutoscalingConfig, setup: ReplaySetup, slo: 
     fixed = base.model_dump(exclude={"serve_target_ongoing_requests", "initial_replicas", "idle_timeout_s"})
 
     def objective(t: Any) -> float:
-        params = search_space(t, kind, base, setup.max_ongoing_requests)
+        params = search_space(t, kind, base, setup.max_ongoing_requests, metrics=metrics)
         cfg = AutoscalingConfig.model_validate({**fixed, **params, "policy": kind,
                                                 "idle_timeout_s": base.idle_timeout_s if params["min_replicas"] == 0 else None})
         r = run_replay(trace, runner_for(f"{kind}#{t.number}", cfg), setup)
