@@ -28,6 +28,7 @@ __all__ = [
     "Spread", "spread", "ratio", "fmt_num", "fmt_spread", "fmt_ratio",
     "token_times_from_reads", "StreamCheck", "check_stream", "RecordsCheck", "check_records",
     "MAX_READ_SHARE", "COLLAPSED_TAIL_FRACTION", "MIN_TOKENS_FOR_CHECK", "process_role", "cpu_by_role", "pss_by_role",
+    "ROLE_GROUPS", "ENGINE", "BACKGROUND", "FRONT_END", "role_group", "cpu_by_group", "per_1k_tokens",
 ]
 
 MAX_READ_SHARE = 0.5
@@ -266,3 +267,38 @@ def cpu_by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str
             role = process_role(cmd)
             out[role] = out.get(role, 0.0) + used
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+# What issue 16 compares: the engine (its core and worker busy-wait, so they are not the front
+# end's cost) against everything else a stack runs to put its tokens on the wire, by kind.
+ENGINE = "engine (core + worker)"
+FRONT_END = "front end (all non-engine)"
+ROLE_GROUPS = (
+    (("vLLM engine core", "vLLM worker"), ENGINE),
+    (("vLLM API server (HTTP + OpenAI layer)", "Serve replica: model (+ vLLM OpenAI app)",
+      "Serve replica: OpenAiIngress", "Serve replica: LLMServer (+ OpenAI layer)"), "replica / API server"),
+    (("Serve HAProxy (manager actor + haproxy)", "Serve HTTP proxy (under HAProxy: its fallback)"), "HTTP hop (HAProxy, proxy)"),
+)
+BACKGROUND = "Ray/Serve background (controller, daemons, driver)"
+
+
+def role_group(role: str) -> str:
+    """The group of a process role (process_role's names): the engine, the replica, the HTTP hop or background."""
+    return next((group for roles, group in ROLE_GROUPS if role in roles), BACKGROUND)
+
+
+def cpu_by_group(by_role: dict[str, float]) -> dict[str, float]:
+    """Sum per-role figures into role groups, plus FRONT_END: every group but the engine."""
+    out: dict[str, float] = {}
+    for role, v in by_role.items():
+        g = role_group(role)
+        out[g] = out.get(g, 0.0) + v
+    out[FRONT_END] = sum(v for g, v in out.items() if g != ENGINE)
+    return out
+
+
+def per_1k_tokens(cpu_s: dict[str, float], output_tokens: float) -> dict[str, float]:
+    """CPU seconds per key over a run -> CPU milliseconds per 1,000 output tokens (empty when no tokens)."""
+    if output_tokens <= 0:
+        return {}
+    return {k: 1e6 * v / output_tokens for k, v in cpu_s.items()}

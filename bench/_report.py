@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import statistics
 
-from bench._measure import Spread, fmt_num, fmt_ratio, fmt_spread, ratio, spread
+from bench._measure import BACKGROUND, ENGINE, FRONT_END, ROLE_GROUPS, Spread, cpu_by_group, fmt_num, fmt_ratio, fmt_spread, per_1k_tokens, ratio, spread
 
-__all__ = ["render_report", "level_spreads", "cpu_per_1k_tokens", "PEERS"]
+__all__ = ["render_report", "level_spreads", "cpu_per_1k_tokens", "front_end_rows", "PEERS"]
 
 PEERS = (("vllm", "raw vLLM"), ("rayllm", "Ray Serve LLM"))
 OURS = ("fleetserve", "fleetserve-proxy", "fleetserve-tput", "fleetserve-dashboard")
@@ -123,13 +123,17 @@ def _probe_table(doc: dict) -> list[str]:
     return out
 
 
-def cpu_per_1k_tokens(stack: dict, level: str) -> dict[str, float]:
-    """CPU ms per 1,000 output tokens by process role: median over the valid Locust runs at `level`."""
+def cpu_per_1k_tokens(stack: dict, level: str, *, grouped: bool = False) -> dict[str, float]:
+    """CPU ms per 1,000 output tokens by process role: median over the valid Locust runs at `level`.
+
+    `grouped`: by role group instead (bench._measure.cpu_by_group), summed within each run first.
+    """
     per_run = []
     for r in stack.get("levels", {}).get(level, {}).get("runs", []):
         tokens = r["output_tokens_per_s"] * r["duration_s"]
         if r["tool"] == "locust" and r["valid"] and r.get("cpu_s_by_role") and tokens > 0:
-            per_run.append({role: 1e6 * cpu / tokens for role, cpu in r["cpu_s_by_role"].items()})
+            by = cpu_by_group(r["cpu_s_by_role"]) if grouped else r["cpu_s_by_role"]
+            per_run.append(per_1k_tokens(by, tokens))
     roles = {role for run in per_run for role in run}
     return {role: statistics.median(run.get(role, 0.0) for run in per_run) for role in roles}
 
@@ -151,6 +155,30 @@ def _cpu_table(doc: dict) -> list[str]:
     level = str(max(doc["load"]["levels"]))
     stacks = [s for s in doc["stacks"].values() if "levels" in s]
     return _role_table([s["label"] for s in stacks], [cpu_per_1k_tokens(s, level) for s in stacks])
+
+
+_GROUP_COLUMNS = (*(g for _, g in ROLE_GROUPS if g != ENGINE), BACKGROUND)
+
+
+def front_end_rows(doc: dict) -> list[str]:
+    """Per level and stack: front-end CPU ms per 1,000 output tokens by role group, against raw vLLM's front end.
+
+    The front end is every process but vLLM's engine core and worker (bench._measure.cpu_by_group);
+    for raw vLLM that is its API server (and whatever little else its tree runs).
+    """
+    stacks = {k: s for k, s in doc["stacks"].items() if "levels" in s}
+    out = ["| c | stack | " + " | ".join(_GROUP_COLUMNS) + f" | **{FRONT_END}** | × raw vLLM's front end | {ENGINE} |",
+           "|---|---|" + "---|" * (len(_GROUP_COLUMNS) + 3)]
+    for lv in _levels(doc):
+        groups = {k: cpu_per_1k_tokens(s, lv, grouped=True) for k, s in stacks.items()}
+        base = groups.get("vllm", {}).get(FRONT_END)
+        for k, g in groups.items():
+            if not g:  # no valid Locust run with CPU figures at this level
+                continue
+            cells = " | ".join(fmt_num(g.get(c)) if c in g else "" for c in _GROUP_COLUMNS)
+            out.append(f"| {lv} | {stacks[k]['label']} | {cells} | **{fmt_num(g[FRONT_END])}** "
+                       f"| {fmt_ratio(ratio(g[FRONT_END], base))} | {fmt_num(g.get(ENGINE))} |")
+    return out if len(out) > 2 else []
 
 
 def _pss_table(doc: dict) -> list[str]:
@@ -180,6 +208,12 @@ def render_report(doc: dict) -> str:
                   "(median of the Locust runs; the load generator not included)", "",
                   "vLLM's engine core and worker busy-wait for work, so their figures grow when steps come slower; "
                   "the front-end rows (HTTP, OpenAI layer, Serve) are work done per request and token.", "", *cpu, ""]
+    front = front_end_rows(doc)
+    if front:
+        lines += ["### Front-end CPU per 1,000 output tokens, by role group (median of the Locust runs; CPU ms)", "",
+                  "The front end is every process of the stack but vLLM's engine core and worker: for raw vLLM its API "
+                  "server; for fleetserve the replica (vLLM's OpenAI app inside Serve), HAProxy, and Ray/Serve's "
+                  "controller, daemons and driver.", "", *front, ""]
     lines += ["### Start-up and memory", "", *_startup_table(doc), ""]
     pss = _pss_table(doc)
     if pss:

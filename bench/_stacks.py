@@ -75,14 +75,14 @@ def base_env(settings: EngineSettings) -> dict[str, str]:
     """The environment every stack starts with: ours, minus anything pointing at another Ray or engine mode."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_ADDRESS", "VLLM_ENABLE_V1_MULTIPROCESSING", "RAY_worker_niceness")
-           and not k.startswith(("RAY_SERVE_", "VLLM_CPU_", "OMP_"))}
+           and not k.startswith(("RAY_SERVE_", "VLLM_CPU_", "OMP_", "OTEL_"))}  # OTEL_*: would override the config's telemetry
     env.update(settings.engine_env())
     env.update({"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)})
     return env
 
 
 def _fleetserve_config(settings: EngineSettings, port: int, path: Path, *, fast_path: bool = True,
-                       dashboard: bool = False) -> Path:
+                       dashboard: bool = False, telemetry: dict | None = None) -> Path:
     cfg = {
         "name": "fleetserve",
         "http": {"host": "127.0.0.1", "port": port, "fast_path": fast_path},
@@ -96,18 +96,21 @@ def _fleetserve_config(settings: EngineSettings, port: int, path: Path, *, fast_
             "env": settings.engine_env(),
         }],
     }
+    if telemetry is not None:
+        cfg["telemetry"] = telemetry
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(cfg, indent=2) + "\n")  # JSON is YAML
     return path
 
 
 def build_stack(key: str, settings: EngineSettings, *, work_dir: Path, python: str = sys.executable,
-                experiments: tuple[str, ...] = ()) -> StackSpec:
+                experiments: tuple[str, ...] = (), telemetry: dict | None = None) -> StackSpec:
     """Return the command line and environment of stack `key` (one of STACK_KEYS), on fresh ports.
 
     `experiments` (bench._experiments) apply to the fleetserve stacks and are named in their label.
+    `telemetry` is the fleetserve config's `telemetry` block (None: the config has none, tracing off).
     """
-    spec = _build_stack(key, settings, work_dir=work_dir, python=python)
+    spec = _build_stack(key, settings, work_dir=work_dir, python=python, telemetry=telemetry)
     if not experiments or not key.startswith("fleetserve"):
         return spec
     return StackSpec(spec.key, f"{spec.label} [{', '.join(experiments)}]",
@@ -115,7 +118,8 @@ def build_stack(key: str, settings: EngineSettings, *, work_dir: Path, python: s
                      spec.time_batched_ms, spec.notes + (f"experiment: {', '.join(experiments)} off (bench._experiments)",))
 
 
-def _build_stack(key: str, settings: EngineSettings, *, work_dir: Path, python: str) -> StackSpec:
+def _build_stack(key: str, settings: EngineSettings, *, work_dir: Path, python: str,
+                 telemetry: dict | None = None) -> StackSpec:
     env = base_env(settings)
     port = free_port()
     if key == "vllm":
@@ -135,7 +139,7 @@ def _build_stack(key: str, settings: EngineSettings, *, work_dir: Path, python: 
                                 "streamed output grouped every 50 ms (RAYLLM_MODEL_RESPONSE_BATCH_TIMEOUT_MS)",))
     if key.startswith("fleetserve"):
         cfg = _fleetserve_config(settings, port, work_dir / f"{key}.yaml", fast_path=key != "fleetserve-proxy",
-                                 dashboard=key == "fleetserve-dashboard")
+                                 dashboard=key == "fleetserve-dashboard", telemetry=telemetry)
         argv = [python, "-m", "bench.fleetserve_driver", "--config", str(cfg)]
         if key == "fleetserve":
             return StackSpec(key, "fleetserve", argv, env, None, notes=(

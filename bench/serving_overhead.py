@@ -19,7 +19,9 @@ engine settings:
       ──► SIGTERM, and SIGKILL for whatever of its tree is left
 Then prints per level output tokens/s and TTFT p50/p95 (median of the repetitions and
 their min–max), the ratios fleetserve / raw vLLM and fleetserve / Ray Serve LLM, how the two
-load generators agree, start-up and idle PSS. Writes results.json and report.md to --out.
+load generators agree, CPU per 1,000 output tokens by process role and the front end's (every
+process but vLLM's engine core and worker) by role group against raw vLLM's API server,
+start-up and idle PSS. Writes results.json and report.md to --out.
 
 The machine has 2 cores: vLLM's engine busy-polls one, the HTTP front end, the load
 generator and Ray's daemons share the other. Do not run it beside other heavy work.

@@ -16,7 +16,7 @@ from loadtest.errors import LoadTestError
 from loadtest.plan import SHAPE_KINDS, LoadPlan, build_plan, host_from_config, models_from_config, parse_duration
 from loadtest.results import RunResults
 
-__all__ = ["cli", "summary_lines"]
+__all__ = ["cli", "summary_lines", "server_lines"]
 
 cli = typer.Typer(no_args_is_help=True, help="Locust load tests of the OpenAI API: run a plan, collect results, "
                   "sweep layouts, report.")
@@ -56,6 +56,10 @@ def run_command(
                                 help="Exit 1 past these, e.g. error_rate>0.05,ttft_p95_ms>500; default: any failed request."),
     preflight_check: bool = typer.Option(True, "--preflight/--no-preflight",
                                          help="Check first that the host answers, accepts the key and lists the models."),
+    metrics: list[str] = typer.Option([], "--metrics", metavar="URL", help=(
+        "The app's Prometheus endpoint, http://<node>:<local_ray.metrics_export_port>/metrics (repeat per Ray node): "
+        "scraped during the run into results.json's server series (queue, running, KV, replicas, target).")),
+    metrics_interval: str = typer.Option("1s", help="Time between metric scrape rounds: 1, 1s, 0.5."),
 ) -> None:
     """Run a load plan headless (a master and --workers workers) and write results.json.
 
@@ -95,7 +99,8 @@ def run_command(
             preflight(target, list(plan.models), api_key=os.environ.get("FLEETSERVE_API_KEY"))
         typer.echo(f"load test: {plan.shape.kind} against {target} ({', '.join(plan.models)}), "
                    f"{workers or 'no'} workers, out {out}")
-        results = run(target, plan, out_dir=out, workers=workers, progress=typer.echo)
+        results = run(target, plan, out_dir=out, workers=workers, progress=typer.echo, metrics=metrics,
+                      metrics_interval_s=parse_duration(metrics_interval, field="--metrics-interval") or 1.0)
     except (LoadTestError, ConfigError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -163,6 +168,8 @@ def sweep_command(
     seed: int = typer.Option(0, help="Seed of prompts."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print each strategy's layout; deploy nothing."),
     out: Path = typer.Option(Path("runs/sweep"), "--out", "-o", help="Sweep dir: sweep.json, report, one run dir per step."),
+    metrics: list[str] = typer.Option([], "--metrics", metavar="URL", help=(
+        "Prometheus endpoint to scrape during each step (repeatable); default: every Ray node's metrics export port.")),
 ) -> None:
     """Deploy each strategy on Ray Serve, run the ladder against it, tear it down; write sweep.json and the report."""
     from loadtest.report import table_lines, write_report
@@ -194,7 +201,8 @@ def sweep_command(
                          size_for=[c for _, c in planned]) as session:
             sweep = run_sweep(cfg, [s for s, _ in planned], out_dir=out, host=target, ladder=ladder, model=model,
                               slo=slo, address=session.label, seed=seed, progress=typer.echo,
-                              ready_timeout_s=parse_duration(ready_timeout, field="--ready-timeout") or 900.0)
+                              ready_timeout_s=parse_duration(ready_timeout, field="--ready-timeout") or 900.0,
+                              metrics=metrics or None)
     except (LoadTestError, ConfigError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -249,16 +257,24 @@ def _print_plans(planned) -> None:
 
 @cli.command("report")
 def report_command(
-    sweep_dir: Path = typer.Argument(..., help="A sweep dir (with sweep.json) or the sweep.json itself."),
+    sweep_dir: Path = typer.Argument(..., help="A sweep dir (with sweep.json), the sweep.json itself, or a run dir "
+                                     "(with results.json)."),
     ttft_slo_ms: Optional[float] = typer.Option(None, min=0, help="Re-score goodput at this TTFT bound (0: no bound)."),
     tpot_slo_ms: Optional[float] = typer.Option(None, min=0, help="Re-score goodput at this TPOT bound (0: no bound)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write report.html and the PNGs; default the sweep dir."),
 ) -> None:
-    """Print a sweep's table and write report.html, throughput.png, latency.png and goodput.png."""
+    """Print a sweep's table and write report.html and its PNGs; for a run dir, write its timeline.png.
+
+    A run dir (results.json, no sweep.json) gets timeline.png: client TTFT/TPOT/goodput above the
+    server series scraped during the run (goodput at --ttft-slo-ms/--tpot-slo-ms, default 500/50 ms).
+    """
     from loadtest.report import table_lines, write_report
     from loadtest.sweep_results import Slo, load_sweep, with_slo
 
     root = sweep_dir if sweep_dir.is_dir() else sweep_dir.parent
+    if (root / "results.json").exists() and not (root / "sweep.json").exists():
+        _run_report(root, out, ttft_slo_ms=ttft_slo_ms, tpot_slo_ms=tpot_slo_ms)
+        return
     try:
         sweep = load_sweep(sweep_dir)
         if ttft_slo_ms is not None or tpot_slo_ms is not None:
@@ -274,6 +290,25 @@ def report_command(
     typer.echo(f"report: {files.html}, {files.throughput_png}, {files.latency_png}, {files.goodput_png}")
 
 
+def _run_report(run_dir: Path, out: Path | None, *, ttft_slo_ms: float | None, tpot_slo_ms: float | None) -> None:
+    from loadtest.results import load_results
+    from loadtest.sweep_results import Slo
+    from loadtest.timeline import write_run_report
+
+    default = Slo()
+    slo = Slo(ttft_ms=default.ttft_ms if ttft_slo_ms is None else (ttft_slo_ms or None),
+              tpot_ms=default.tpot_ms if tpot_slo_ms is None else (tpot_slo_ms or None))
+    try:
+        results = load_results(run_dir / "results.json")
+        png = write_run_report(run_dir, out, slo=slo)
+    except (OSError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+        typer.echo(f"error: {run_dir / 'results.json'}: {e}", err=True)
+        raise typer.Exit(2) from None
+    for line in summary_lines(results):
+        typer.echo(line)
+    typer.echo(f"timeline: {png}")
+
+
 def summary_lines(r: RunResults) -> list[str]:
     """Format a run's headline numbers and one row per metric."""
     lines = [f"requests {r.requests.total} (failed {r.requests.failed}) in {r.duration_s:.1f} s; "
@@ -282,5 +317,22 @@ def summary_lines(r: RunResults) -> list[str]:
     for name, m in r.metrics.items():
         cells = [f"{v:9.1f}" if v is not None else f"{'-':>9}" for v in (m.p50, m.p90, m.p99)]
         lines.append(f"{name:<6} {m.unit:>5} {m.count:>8} {' '.join(cells)}")
+    lines += server_lines(r)
     lines += [f"note: {n}" for n in r.notes]
     return lines
+
+
+def server_lines(r: RunResults) -> list[str]:
+    """One line per model of the scraped server series (or why there is none)."""
+    if r.server is None:
+        return ["server: not scraped (pass --metrics http://<node>:<metrics_export_port>/metrics)"]
+    out = []
+    for model, m in r.server.models.items():
+        pts = m.points
+        out.append(f"server {model}: {len(pts)} points; waiting max {max(p.waiting_requests for p in pts):g}, "
+                   f"running max {max(p.running_requests for p in pts):g}, replicas "
+                   f"{min(p.replicas for p in pts)}-{max(p.replicas for p in pts)}, {len(m.scale_events)} scale events")
+    if not r.server.models:
+        out.append(f"server: no series from {', '.join(r.server.endpoints)} ({r.server.rounds} rounds, "
+                   f"{r.server.scrapes_failed} failed scrapes)")
+    return out

@@ -4,6 +4,7 @@
                  ├─► throughput.png       output tok/s vs load, one line per strategy (the main plot)
                  ├─► latency.png          TTFT and ITL p50 (solid) and p99 (dashed) vs load
                  ├─► goodput.png          requests/s meeting the SLO vs load (dotted: all ok requests/s)
+                 ├─► timeline-<slug>.png  per strategy: server queue/replicas beside client TTFT (loadtest.timeline)
                  └─► report.html          all of the above, PNGs embedded as base64: one file to mail
 
 matplotlib (Agg backend, no display) is imported inside the plot functions, so `import loadtest`
@@ -34,6 +35,7 @@ class ReportFiles:
     throughput_png: Path
     latency_png: Path
     goodput_png: Path
+    timelines: tuple[Path, ...] = ()  # one per strategy with a step: server queue and replicas beside client TTFT
 
 
 def _load_label(sweep: SweepResults) -> str:
@@ -198,6 +200,10 @@ def plot_goodput(sweep: SweepResults, path: str | Path) -> Path:
     return _figure(draw, Path(path))
 
 
+_NO_TIMELINE = ("<p>No timeline: no step's results.json was found under the sweep dir (each step's run dir "
+                "holds it, with the server series scraped during the step).</p>")
+
+
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
@@ -252,6 +258,10 @@ lists every event in columns headed "ms", which Locust's page does not let us re
 output tokens per second, not milliseconds.</p><table><tr>{head}</tr>{body}</table>
 <h2>Latency</h2>{_img(files.latency_png, "TTFT and ITL percentiles vs load")}
 <h2>Goodput</h2>{_img(files.goodput_png, "requests per second meeting the SLO vs load")}
+<h2>Timeline per strategy</h2><p>Each strategy's steps end to end on one time axis: client TTFT, TPOT and
+goodput above the server's queue, running requests, KV-cache usage, replicas and autoscaler target, as
+scraped from the app's metrics endpoints during each step (a panel says so when nothing was measured).</p>
+{"".join(_img(p, f"timeline of {p.stem}") for p in files.timelines) or _NO_TIMELINE}
 <h2>Strategies</h2><ul>{strategies}</ul>
 <h2>Cluster</h2><p>Ray {e(sweep.cluster.ray_version)} at {e(sweep.cluster.address)}; load generator
 {e(sweep.cluster.load_generator)}.</p><ul>{nodes}</ul>
@@ -262,14 +272,19 @@ output tokens per second, not milliseconds.</p><table><tr>{head}</tr>{body}</tab
 
 
 def write_report(sweep: SweepResults, out_dir: str | Path, *, sweep_dir: str | Path | None = None) -> ReportFiles:
-    """Write throughput.png, latency.png, goodput.png and report.html (PNGs embedded) into `out_dir`.
+    """Write throughput.png, latency.png, goodput.png, timeline-<strategy>.png and report.html (PNGs embedded).
 
     The page links each step's Locust report found under `sweep_dir` (default `out_dir`).
     """
+    from loadtest.timeline import strategy_timeline
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    root = Path(sweep_dir) if sweep_dir is not None else out
+    timelines = (strategy_timeline(sweep, s, root, out / f"timeline-{s.slug}.png") for s in sweep.strategies)
     files = ReportFiles(html=out / "report.html", throughput_png=plot_throughput(sweep, out / "throughput.png"),
                         latency_png=plot_latency(sweep, out / "latency.png"),
-                        goodput_png=plot_goodput(sweep, out / "goodput.png"))
-    files.html.write_text(_html(sweep, files, Path(sweep_dir) if sweep_dir is not None else out))
+                        goodput_png=plot_goodput(sweep, out / "goodput.png"),
+                        timelines=tuple(p for p in timelines if p is not None))
+    files.html.write_text(_html(sweep, files, root))
     return files

@@ -4,7 +4,7 @@ Pure: pydantic and json only. `RunResults` is the input of reports and of autosc
 `schema_version` changes whenever a field changes meaning or goes away (adding a field does
 not). The JSON Schema is `RunResults.model_json_schema()`, kept in results.schema.json.
 
-Sources, all written into the run's out dir by the locust processes (see loadtest.locust_hooks):
+Sources: files the locust processes write into the run's out dir (see loadtest.locust_hooks), and a scrape:
 - locust-stats.json: the master's (or local process's) merged Locust stats per (model, metric),
   with Locust's response-time histograms (bucketed to 3 significant digits). `metrics` and
   `per_model` come from here: the same numbers as Locust's table, CSV and web UI.
@@ -12,6 +12,7 @@ Sources, all written into the run's out dir by the locust processes (see loadtes
 - requests-<proc>.jsonl: one line per request, merged into requests.jsonl (a `RequestRecord`
   per line, sorted by start). `timeline`, `sent_rps` and the token totals come from here.
   requests.jsonl is also a valid trace for `--shape trace` (start_unix_s + token lengths).
+- the app's Prometheus endpoints, scraped during the run (loadtest.scraper): `server`.
 `replay_trace(results)` turns the timeline into the autoscaling replay's trace points
 (written as replay-trace.jsonl beside results.json).
 """
@@ -28,6 +29,7 @@ from typing import Iterable, Literal, Mapping
 from pydantic import Field
 
 from loadtest.plan import LoadPlan
+from loadtest.server_series import ServerSeries
 from serve_app.schema import Frozen
 
 __all__ = [
@@ -86,6 +88,8 @@ class TimelinePoint(Frozen):
     output_tokens: int = Field(..., ge=0, description="Output tokens of the requests finished in this bucket.")
     in_flight: int = Field(..., ge=0, description="Requests sent but not finished at the end of the bucket.")
     ttft_p50_ms: float | None = Field(None, description="Median TTFT of the ok requests sent in this bucket.")
+    tpot_p50_ms: float | None = Field(None, description=(
+        "Median TPOT (a request's mean gap between output tokens) of the ok requests sent in this bucket."))
 
 
 class EventTotals(Frozen):
@@ -149,6 +153,9 @@ class RunResults(Frozen):
     per_model: dict[str, dict[str, MetricStats]] = Field(..., description="The same, per model name.")
     failures: tuple[FailureGroup, ...] = Field((), description="Failures grouped by message.")
     timeline: tuple[TimelinePoint, ...] = Field((), description="Per-second series from the request log.")
+    server: ServerSeries | None = Field(None, description=(
+        "What the app's metrics endpoints said during the run (queue, running, KV, replicas, target, scale "
+        "events per model), on the timeline's time base; None when no endpoint was scraped (--metrics)."))
     processes: tuple[ProcessTotals, ...] = Field((), description="Each process's own event counts.")
     files: dict[str, str] = Field(default_factory=dict, description="Other outputs, relative to the out dir.")
     notes: tuple[str, ...] = Field((), description="Warnings about the run's validity (e.g. open-loop lag).")
@@ -206,6 +213,7 @@ def _timeline(records: list[RequestRecord], t0: float) -> tuple[TimelinePoint, .
     n = int(math.floor(max(ends) - t0)) + 1
     started, completed, failed, tokens = [0] * n, [0] * n, [0] * n, [0] * n
     ttfts: list[list[float]] = [[] for _ in range(n)]
+    tpots: list[list[float]] = [[] for _ in range(n)]
     delta = [0] * (n + 1)  # in-flight changes at bucket boundaries
     for r, end in zip(records, ends):
         s = min(max(int(r.start_unix_s - t0), 0), n - 1)
@@ -216,6 +224,8 @@ def _timeline(records: list[RequestRecord], t0: float) -> tuple[TimelinePoint, .
         tokens[e] += r.output_tokens if r.ok else 0
         if r.ok and r.ttft_ms is not None:
             ttfts[s].append(r.ttft_ms)
+        if r.ok and r.tpot_ms is not None:
+            tpots[s].append(r.tpot_ms)
         delta[s] += 1
         delta[e] -= 1
     out, live = [], 0
@@ -223,7 +233,8 @@ def _timeline(records: list[RequestRecord], t0: float) -> tuple[TimelinePoint, .
         live += delta[b]
         out.append(TimelinePoint(t_s=float(b), started=started[b], completed=completed[b], failed=failed[b],
                                  output_tokens=tokens[b], in_flight=live,
-                                 ttft_p50_ms=statistics.median(ttfts[b]) if ttfts[b] else None))
+                                 ttft_p50_ms=statistics.median(ttfts[b]) if ttfts[b] else None,
+                                 tpot_p50_ms=statistics.median(tpots[b]) if tpots[b] else None))
     return tuple(out)
 
 

@@ -8,7 +8,9 @@ so callers (the CLI, a sweep, tests) are never gevent-patched.
       │                             --master-bind-port <free> --headless --csv --html
       │                     worker-0, worker-1: --worker --master-port <same>
       ├─ master stdout ──► out/master.log, "[loadtest] ..." lines ──► progress callback
-      └─ after exit: collect_results(out) ──► out/results.json (RunResults), out/replay-trace.jsonl
+      ├─ metrics=[URL, ...]: a Scraper thread GETs the app's Prometheus endpoints every second
+      └─ after exit: collect_results(out) (+ the scraped ServerSeries) ──► out/results.json (RunResults),
+                     out/replay-trace.jsonl
 
 The run ends when the plan's shape returns None (duration + drain), not by Locust's -t: in
 distributed mode Locust's master gives workers only 0.5 s to send their final stats after
@@ -25,15 +27,17 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from loadtest.arrivals import load_trace
 from loadtest.errors import LoadTestError
 from loadtest.plan import LoadPlan
 from loadtest.results import RequestRecord, RunResults, build_results, read_requests, replay_trace
+from loadtest.scraper import Scraper
+from loadtest.server_series import ServerSeries, series_note
 from cluster.ray_env import free_local_port
 
-__all__ = ["run", "collect_results", "write_results", "LOCUSTFILE", "STARTUP_TIMEOUT_S"]
+__all__ = ["run", "collect_results", "write_results", "with_server_series", "LOCUSTFILE", "STARTUP_TIMEOUT_S"]
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 STARTUP_TIMEOUT_S = 60.0
@@ -45,16 +49,21 @@ _RUN_FILES = ("requests-*.jsonl", "process-*.json", "locust-stats.json", "reques
 
 def run(host: str, plan: LoadPlan, *, out_dir: str | Path, workers: int = 0,
         progress: Callable[[str], None] | None = print, loglevel: str = "WARNING",
-        python: str = sys.executable) -> RunResults:
+        python: str = sys.executable, metrics: Sequence[str] = (), metrics_interval_s: float = 1.0) -> RunResults:
     """Run `plan` against `host` with `workers` locust workers (0: one local process); return the results.
 
     Writes plan.json, results.json, requests.jsonl, locust_*.csv, report.html and the
     processes' logs into `out_dir`. `progress` receives one line every plan.progress_interval_s.
+    `metrics`: the app's Prometheus endpoints (one per Ray node), scraped every `metrics_interval_s`
+    from before locust starts until it exits, into `results.server` (a failed scrape is counted, never fatal).
     Raises LoadTestError when locust fails to start or run, with the tail of its log.
     """
     if workers < 0:
         raise LoadTestError(f"workers={workers} must be >= 0 (0 runs one local locust process)")
     plan = _with_duration(plan)
+    budget = plan.duration_s + plan.drain_s + plan.drain_s + STARTUP_TIMEOUT_S
+    # Bounded by the run's own budget: the thread stops by itself even if this call is interrupted.
+    scraper = Scraper(metrics, interval_s=metrics_interval_s, max_s=budget + 30)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     for pattern in _RUN_FILES:  # a rerun into the same dir must not mix in old files
@@ -68,6 +77,7 @@ def run(host: str, plan: LoadPlan, *, out_dir: str | Path, workers: int = 0,
                      "--stop-timeout", str(math.ceil(plan.drain_s)), "--exit-code-on-error", "0"]
     procs: list[subprocess.Popen] = []
     logs = []
+    scraper.start()
     try:
         if workers:
             port = free_local_port()
@@ -82,7 +92,6 @@ def run(host: str, plan: LoadPlan, *, out_dir: str | Path, workers: int = 0,
                                           stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out))
         tee = threading.Thread(target=_tee, args=(master, out / "master.log", progress), daemon=True)
         tee.start()
-        budget = plan.duration_s + plan.drain_s + plan.drain_s + STARTUP_TIMEOUT_S
         try:
             code = master.wait(timeout=budget)
         except subprocess.TimeoutExpired:
@@ -97,6 +106,7 @@ def run(host: str, plan: LoadPlan, *, out_dir: str | Path, workers: int = 0,
         if code != 0 or not (out / "locust-stats.json").exists():
             raise LoadTestError(f"locust master exited with code {code}; log tail:\n{_tail(out / 'master.log')}")
     finally:
+        scraper.stop()
         for p in procs:  # only the processes this call started
             if p.poll() is None:
                 p.terminate()
@@ -107,8 +117,16 @@ def run(host: str, plan: LoadPlan, *, out_dir: str | Path, workers: int = 0,
         for log in logs:
             log.close()
     results = collect_results(out)
+    if metrics:
+        results = with_server_series(results, scraper.series(t0_unix_s=results.started_unix_s))
     write_results(results, out)
     return results
+
+
+def with_server_series(results: RunResults, server: ServerSeries) -> RunResults:
+    """Attach `server` to `results`, with notes on failed scrapes and models the scrape never saw."""
+    notes = results.notes + tuple(series_note(server, results.plan.models))
+    return results.model_copy(update={"server": server, "notes": notes})
 
 
 def write_results(results: RunResults, out_dir: str | Path) -> Path:

@@ -5,7 +5,8 @@
     per strategy:
       layout_for(model) ──► build_application(cfg) ──► ray_cluster.deploy(app, wait=False) ──► poll serve.status()
         (deadline) ──► read the app's placement groups from Ray ──► warm-up requests over HTTP
-        ──► ladder: loadtest.run(host, constant(users=c) | poisson(rate=r)) per step, in subprocesses
+        ──► ladder: loadtest.run(host, constant(users=c) | poisson(rate=r)) per step, in subprocesses,
+            scraping every node's Ray metrics export port (or --metrics) into the step's results.json
         ──► serve.delete(app) ──► poll Ray until the app's placement groups are gone (deadline)
       sweep.json rewritten after every strategy (a crash keeps what was measured)
 
@@ -31,6 +32,7 @@ from urllib.parse import urlsplit
 from loadtest.errors import LoadTestError
 from loadtest.plan import build_plan
 from loadtest.results import read_requests
+from loadtest.scraper import check_endpoint
 from loadtest.strategies import Strategy, apply_strategy, cpu_refusal, parse_strategy, select_model
 from loadtest.sweep_results import (
     ClusterInfo, Ladder, NodeInfo, PlacementGroupSeen, Slo, StrategyLayout, StrategyResult, SweepResults, step_result,
@@ -39,7 +41,7 @@ from loadtest.sweep_results import (
 from serve_app.schema import AppConfig
 from serve_app.errors import ConfigError
 
-__all__ = ["plan_sweep", "run_sweep", "cluster_info", "app_placement_groups", "SWEEP_NOTE"]
+__all__ = ["plan_sweep", "run_sweep", "cluster_info", "app_placement_groups", "node_metrics_endpoints", "SWEEP_NOTE"]
 
 SWEEP_NOTE = ("the locust load generator ran on a machine that is also a Ray node of the cluster (see "
               "cluster.load_generator): it competes with the engines for CPU, most on a small box")
@@ -79,8 +81,12 @@ def plan_sweep(config: AppConfig, model: str | None, strategies: Sequence[str | 
 def run_sweep(config: AppConfig, strategies: Sequence[str | Strategy], *, out_dir: str | Path, host: str,
               ladder: Ladder, model: str | None = None, slo: Slo = Slo(), address: str = "local",
               ready_timeout_s: float = 900.0, teardown_timeout_s: float = 120.0, app_prefix: str = "sweep",
-              seed: int = 0, progress: Callable[[str], None] | None = print) -> SweepResults:
+              seed: int = 0, progress: Callable[[str], None] | None = print,
+              metrics: Sequence[str] | None = None) -> SweepResults:
     """Sweep `strategies` of `model` on the Ray cluster this process is connected to; write sweep.json.
+
+    `metrics`: Prometheus endpoints every step scrapes into its results.json's server series;
+    None: every alive node's Ray metrics export port (`node_metrics_endpoints`); () scrapes nothing.
 
     Ray must be initialized; Serve is started with its proxy at `host` (ignored when Serve already
     runs: then `host` must be where it listens). A failed strategy is recorded (`error`) and the
@@ -94,6 +100,10 @@ def run_sweep(config: AppConfig, strategies: Sequence[str | Strategy], *, out_di
     say = progress or (lambda _line: None)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    endpoints = tuple(node_metrics_endpoints() if metrics is None else metrics)
+    for url in endpoints:  # a bad URL is an error now, not in every step
+        check_endpoint(url)
+    say(f"[sweep] scraping {', '.join(endpoints) or 'no metrics endpoint'} during every step")
     _ensure_serve(host)
     first = planned[0][1].models[0]
     sweep = SweepResults(model=first.name, source=first.source, host=host, started_unix_s=time.time(),
@@ -103,7 +113,8 @@ def run_sweep(config: AppConfig, strategies: Sequence[str | Strategy], *, out_di
     for strategy, cfg in planned:
         say(f"[sweep] {strategy.name}: deploying")
         result = _sweep_one(strategy, cfg, out=out, host=host, ladder=ladder, slo=slo, app=f"{app_prefix}-{strategy.slug}",
-                            ready_timeout_s=ready_timeout_s, teardown_timeout_s=teardown_timeout_s, seed=seed, say=say)
+                            ready_timeout_s=ready_timeout_s, teardown_timeout_s=teardown_timeout_s, seed=seed, say=say,
+                            metrics=endpoints)
         sweep = sweep.model_copy(update={"strategies": sweep.strategies + (result,)})
         write_sweep(sweep, out)
     sweep = sweep.model_copy(update={"finished_unix_s": time.time()})
@@ -112,7 +123,8 @@ def run_sweep(config: AppConfig, strategies: Sequence[str | Strategy], *, out_di
 
 
 def _sweep_one(strategy: Strategy, cfg: AppConfig, *, out: Path, host: str, ladder: Ladder, slo: Slo, app: str,
-               ready_timeout_s: float, teardown_timeout_s: float, seed: int, say: Callable[[str], None]) -> StrategyResult:
+               ready_timeout_s: float, teardown_timeout_s: float, seed: int, say: Callable[[str], None],
+               metrics: Sequence[str] = ()) -> StrategyResult:
     from ray import serve
 
     from cluster import ray_cluster
@@ -139,7 +151,8 @@ def _sweep_one(strategy: Strategy, cfg: AppConfig, *, out: Path, host: str, ladd
         say(f"[sweep] {strategy.name}: ready in {result.ready_s:.1f} s; placement groups "
             + ", ".join(f"{len(g.bundles)} bundles {g.strategy} on {g.nodes} node(s)" for g in groups))
         for load in ladder.values:
-            step = _run_step(strategy, m.name, load, out=out, host=host, ladder=ladder, slo=slo, seed=seed, say=say)
+            step = _run_step(strategy, m.name, load, out=out, host=host, ladder=ladder, slo=slo, seed=seed, say=say,
+                             metrics=metrics)
             result = result.model_copy(update={"steps": result.steps + (step,)})
     except Exception as e:  # noqa: BLE001 -- one strategy's failure must not lose the others' results
         say(f"[sweep] {strategy.name}: FAILED: {e}")
@@ -158,7 +171,7 @@ def _sweep_one(strategy: Strategy, cfg: AppConfig, *, out: Path, host: str, ladd
 
 
 def _run_step(strategy: Strategy, model: str, load: float, *, out: Path, host: str, ladder: Ladder, slo: Slo,
-              seed: int, say: Callable[[str], None]):
+              seed: int, say: Callable[[str], None], metrics: Sequence[str] = ()):
     from loadtest.runner import run
 
     if ladder.kind == "concurrency":
@@ -173,7 +186,7 @@ def _run_step(strategy: Strategy, model: str, load: float, *, out: Path, host: s
                           progress_interval_s=max(5.0, ladder.step_duration_s))
         label = f"r{load:g}"
     run_dir = out / strategy.slug / label
-    results = run(host, plan, out_dir=run_dir, workers=ladder.workers, progress=None)
+    results = run(host, plan, out_dir=run_dir, workers=ladder.workers, progress=None, metrics=metrics)
     step = step_result(load, results, read_requests(run_dir / "requests.jsonl"), slo=slo,
                        run_dir=str(run_dir.relative_to(out)))
     say(f"[sweep] {strategy.name} {ladder.kind} {load:g}: {step.output_tokens_per_s:.0f} tok/s, "
@@ -237,6 +250,14 @@ def _warm_up(host: str, model: str, ladder: Ladder, *, deadline: float) -> None:
             raise LoadTestError(f"warm-up against {host} failed until the ready timeout: {last}; is Serve's "
                                 f"proxy at {host}? (pass --host for a remote cluster)")
         time.sleep(0.5)
+
+
+def node_metrics_endpoints() -> tuple[str, ...]:
+    """Return every alive Ray node's metrics export endpoint (where its processes' Prometheus metrics are)."""
+    import ray
+
+    return tuple(f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics" for n in ray.nodes()
+                 if n.get("Alive") and n.get("MetricsExportPort"))
 
 
 def app_placement_groups(app: str) -> tuple[PlacementGroupSeen, ...]:

@@ -181,3 +181,25 @@ def test_start_up_is_the_median_of_the_cold_starts_and_the_report_shows_their_ra
     assert fs["startup_runs_s"] == [30.0, 21.0, 22.0]  # the failed start is left out, not counted as 0
     assert fs["startup_s"] == 22.0 and fs["idle_pss_kib"] == 3 << 20
     assert "| fleetserve | 22.0 (21.0–30.0) | 1.10× | 3.00 | 4 | 1.50× |" in render_report(doc)
+
+
+def test_front_end_cpu_groups_roles_per_run_and_compares_with_raw_vllms_api_server():
+    from bench._report import front_end_rows
+
+    def stack(label, by_role):
+        # 1,000 tok/s for 10 s = 10,000 tokens: 1 CPU s = 100 ms per 1,000 tokens.
+        return {"label": label, "levels": {"32": {"runs": [
+            {"tool": "locust", "valid": True, "output_tokens_per_s": 1000.0, "duration_s": 10.0, "cpu_s_by_role": by_role},
+            {"tool": "locust", "valid": False, "output_tokens_per_s": 1.0, "duration_s": 10.0, "cpu_s_by_role": {"x": 9.0}},
+        ]}}}
+
+    doc = _doc() | {"load": _doc()["load"] | {"levels": [32]}, "stacks": {
+        "vllm": stack("raw vLLM", {"vLLM engine core": 3.0, "vLLM API server (HTTP + OpenAI layer)": 1.0}),
+        "fleetserve": stack("fleetserve", {"vLLM engine core": 2.5, "vLLM worker": 0.5,
+                                           "Serve replica: model (+ vLLM OpenAI app)": 1.2,
+                                           "Serve HAProxy (manager actor + haproxy)": 0.3, "Serve controller": 0.2,
+                                           "Ray daemons": 0.1, "benchmark driver": 0.0})}}
+    rows = front_end_rows(doc)
+    assert rows[2] == "| 32 | raw vLLM | 100 |  |  | **100** | 1.00× | 300 |"
+    assert rows[3] == "| 32 | fleetserve | 120 | 30 | 30 | **180** | 1.80× | 300 |"  # the refused run is left out
+    assert "Front-end CPU per 1,000 output tokens" in render_report(_doc())

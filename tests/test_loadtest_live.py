@@ -14,7 +14,9 @@ import subprocess
 import sys
 
 import pytest
+from loadtest_helpers.metrics_server import metrics_server
 from loadtest_helpers.server import sse_server
+from test_loadtest_server_series import scrape_text
 
 from loadtest import build_plan, collect_results, read_requests, run
 from loadtest.runner import LOCUSTFILE
@@ -29,11 +31,14 @@ TOLERANCE_MS = 5.0
 def known_latency_run(tmp_path_factory):
     """One 8 s local run: half the requests to a healthy model, the rest to two failing ones."""
     out = tmp_path_factory.mktemp("live")
-    with sse_server(ttft_ms=TTFT_MS, itl_ms=ITL_MS) as url:
+    # A small metrics endpoint beside it: the run scrapes it into results.server.
+    metrics_text = scrape_text({"r1": {"waiting_requests": 2, "running_requests": 1}},
+                               model=("sim", "fail-500", "fail-stream"), target=1)
+    with sse_server(ttft_ms=TTFT_MS, itl_ms=ITL_MS) as url, metrics_server(metrics_text) as metrics:
         plan = build_plan(models=["sim", "fail-500", "sim", "fail-stream"], users=4, spawn_rate=4, duration_s=8,
                           drain_s=2, input_len=8, output_len=TOKENS, progress_interval_s=2)
         lines: list[str] = []
-        results = run(url, plan, out_dir=out, workers=0, progress=lines.append)
+        results = run(url, plan, out_dir=out, workers=0, progress=lines.append, metrics=[metrics + "/metrics"])
     return results, out, lines
 
 
@@ -52,6 +57,16 @@ def test_ttft_and_itl_within_5ms_of_the_servers(known_latency_run):
     assert all(r.output_tokens == TOKENS and r.model == "sim" for r in ok)
     print(f"TTFT p50 {sim['TTFT'].p50} ms (true {TTFT_MS}), ITL p50 {sim['ITL'].p50} ms (true {ITL_MS}), "
           f"TPOT p50 {sim['TPOT'].p50} ms, E2E p50 {sim['E2E'].p50} ms")
+
+
+def test_the_run_scraped_its_metrics_endpoint_from_before_the_start_to_the_end(known_latency_run):
+    results, _, _ = known_latency_run
+    s = results.server
+    assert s is not None and s.scrapes_failed == 0 and s.interval_s == 1.0
+    assert set(s.models) == {"sim", "fail-500", "fail-stream"}
+    pts = s.models["sim"].points
+    assert pts[0].t_s < 0.5 and pts[-1].t_s >= results.plan.duration_s  # the whole run, on its time base
+    assert {(p.waiting_requests, p.running_requests, p.replicas, p.target_replicas) for p in pts} == {(2, 1, 1, 1)}
 
 
 def test_failures_are_failure_events_with_the_error(known_latency_run):

@@ -205,7 +205,8 @@ def test_report_command_prints_the_table_and_writes_the_files(tmp_path):
 
 
 def test_report_and_sweep_modules_import_neither_matplotlib_ray_nor_locust():
-    code = ("import sys, loadtest, loadtest.report, loadtest.sweep, loadtest.sweep_results, loadtest.strategies; "
+    code = ("import sys, loadtest, loadtest.report, loadtest.sweep, loadtest.sweep_results, loadtest.strategies, "
+            "loadtest.timeline, loadtest.scraper; "
             "bad = [m for m in ('locust', 'gevent', 'ray', 'vllm', 'matplotlib') if m in sys.modules]; "
             "print(bad); sys.exit(bool(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -17,7 +17,7 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 from conftest import free_port
-from loadtest import Ladder, Slo, load_sweep, run_sweep, table_lines, write_report
+from loadtest import Ladder, Slo, load_results, load_sweep, run_sweep, table_lines, write_report
 from loadtest.report import PNG_MAGIC
 from serve_app.config import parse_config
 
@@ -82,6 +82,13 @@ def test_sweep_tp1_tp2_pp2_on_a_two_node_cluster(cluster_url, tmp_path):
     assert json.loads((tmp_path / "sweep.schema.json").read_text())["title"] == "SweepResults"
     files = write_report(sweep, tmp_path)
     assert files.throughput_png.read_bytes()[:8] == PNG_MAGIC
-    assert files.html.read_text().count("data:image/png;base64,") == 3
+    # Three plots, and one timeline per strategy: each step scraped both nodes' metrics export ports.
+    assert files.html.read_text().count("data:image/png;base64,") == 3 + len(STRATEGIES)
+    assert [p.name for p in files.timelines] == [f"timeline-{s.slug}.png" for s in sweep.strategies]
+    for s in sweep.strategies:
+        for st in s.steps:
+            server = load_results(tmp_path / st.run_dir / "results.json").server
+            assert len(server.endpoints) == 2 and server.scrapes_failed == 0, server
+            assert {p.replicas for p in server.models["tiny-dense"].points} == {1}
     table = "\n".join(table_lines(sweep))
     assert all(name in table for name in STRATEGIES)

@@ -19,7 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
 from conftest import REPO, free_port, wait_until
-from loadtest import build_plan, read_requests, run
+from loadtest import build_plan, load_results, read_requests, run
+from loadtest.report import PNG_MAGIC
+from loadtest.timeline import write_run_report
 from cluster.ray_cluster import ensure_ray
 from serve_app.app import build_application
 from serve_app.schema import parse_config
@@ -69,7 +71,8 @@ def app(request, tmp_path_factory):
             "telemetry": {"otlp_endpoint": endpoint, "sampling_ratio": 0.0, "request_log": str(tmp / "requests.jsonl")},
             "models": [{
                 "name": MODEL, "source": "tiny:dense", "max_model_len": 512, "placement": {"accelerator": "CPU"},
-                "engine_args": {"dtype": "bfloat16", "enforce_eager": True, "max_num_seqs": 8}, "env": _ENV,
+                # One sequence at a time: 4 users on 2 replicas queue in the engines (the load test's server series).
+                "engine_args": {"dtype": "bfloat16", "enforce_eager": True, "max_num_seqs": 1}, "env": _ENV,
                 # Two replicas held by the queue-depth policy (a target no tiny run reaches): its decisions are scraped.
                 "autoscaling": {"min_replicas": 2, "max_replicas": 3, "target_queue_per_replica": 1000},
             }],
@@ -78,6 +81,8 @@ def app(request, tmp_path_factory):
         # Replica processes export spans every 0.5 s instead of 5 s: the test reads them sooner.
         os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "500"
         os.environ["FLEETSERVE_API_KEY"] = KEY  # the Locust users' key
+        # Ray's processes export metrics every 1 s instead of 10 s: the load test's server series has 1 s points.
+        os.environ["RAY_metrics_report_interval_ms"] = "1000"
         try:
             ensure_ray(cfg)
             serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
@@ -85,7 +90,8 @@ def app(request, tmp_path_factory):
             base = f"http://127.0.0.1:{port}"
             plan = build_plan(models=[MODEL], users=4, duration_s=6, drain_s=5, input_len=32, output_len=16,
                               progress_interval_s=5)
-            results = run(base, plan, out_dir=tmp / "locust", workers=0, progress=None)
+            results = run(base, plan, out_dir=tmp / "locust", workers=0, progress=None,
+                          metrics=[f"http://127.0.0.1:{metrics_port}/metrics"])
             yield {"mode": mode, "base": base, "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
                    "sent": read_requests(tmp / "locust" / "requests.jsonl"), "results": results,
                    "receiver": receiver, "request_log": tmp / "requests.jsonl"}
@@ -126,6 +132,22 @@ def test_autoscaler_target_and_decisions_are_scraped(app):
     (target,) = [s.value for s in samples["ray_fleetserve_autoscaler_target_replicas"] if s.labels["model"] == MODEL]
     assert target == 2
     assert sum(s.value for s in samples["ray_fleetserve_autoscaler_decisions_total"]) >= 1
+
+
+def test_the_load_test_saw_the_server_queue_and_replicas_beside_client_ttft(app, tmp_path):
+    server = app["results"].server
+    assert server is not None and server.scrapes_failed == 0, server and server.errors
+    pts = server.models[MODEL].points
+    assert max(p.replicas for p in pts) == 2 and {p.target_replicas for p in pts} == {2}
+    assert max(p.waiting_requests for p in pts) > 0 and max(p.running_requests for p in pts) > 0
+    client = [p.t_s for p in app["results"].timeline]
+    assert [p for p in pts if client[0] <= p.t_s <= client[-1]], (client, [p.t_s for p in pts])  # one time base
+    run_dir = app["request_log"].parent / "locust"
+    assert load_results(run_dir / "results.json").server == server
+    png = write_run_report(run_dir, tmp_path)
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    print(f"{app['mode']}: {len(pts)} server points, waiting max {max(p.waiting_requests for p in pts):g}, "
+          f"timeline {png}")
 
 
 def test_a_sampled_request_is_one_trace_across_processes(app):
