@@ -108,7 +108,8 @@ def test_engine_death_then_replica_death_under_locust_load_lose_only_what_was_in
     assert len(lost) <= 8, lost[:5]  # at most one per Locust user
     # A stream cut after its first byte can only be one that was on the SIGKILLed process: the
     # process holding the connection is gone and HAProxy cannot write an SSE error event.
-    assert all(r["tokens"] > 0 and in_flight_at_kill(r) for r in s["streams_cut"]), s["streams_cut"][:5]
+    # Its 200 and headers went out, perhaps no token yet (CI saw one cut with 0 tokens beside one with 7).
+    assert all(r["status"] == 200 and in_flight_at_kill(r) for r in s["streams_cut"]), s["streams_cut"][:5]
     assert s["streams_completed"] > 50
     assert s["longest_request_s"] < 90  # nobody waited past the client's timeout
     assert running_replicas(APP, DEPLOYMENT) == 2
