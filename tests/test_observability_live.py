@@ -110,9 +110,18 @@ def test_one_scrape_counts_every_request_sent(app):
     assert sent and all(r.ok for r in sent), [r.error for r in sent if not r.ok][:3]
     want = {MODEL: float(len(sent))}
     # Ray's agent exports what the replicas reported in their last period: poll until it has them all.
-    samples = wait_until(lambda: (s := scrape(app["metrics"])) and count_by_model(s, TTFT) == want
-                         and count_by_model(s, E2E) == want and s, timeout_s=90,
-                         what=f"TTFT and E2E counts == {len(sent)} requests sent")
+    last: dict = {}
+
+    def counted():
+        last["s"] = s = scrape(app["metrics"])
+        return count_by_model(s, TTFT) == want and count_by_model(s, E2E) == want and s
+
+    try:
+        samples = wait_until(counted, timeout_s=90, what=f"TTFT and E2E counts == {len(sent)} requests sent")
+    except pytest.fail.Exception:  # say what the scrape had (one full-suite run saw it time out in router mode)
+        s = last.get("s", {})
+        pytest.fail(f"{len(sent)} sent; last scrape TTFT {count_by_model(s, TTFT)} E2E {count_by_model(s, E2E)} "
+                    f"per replica {[(x.labels.get('ReplicaId'), x.value) for x in s.get(TTFT + '_count', [])]}")
     replicas = {s.labels["ReplicaId"] for s in samples[TTFT + "_count"]}
     assert len(replicas) == 2, replicas  # both replicas' series, one endpoint
     assert {s.labels["layout"] for s in samples[TTFT + "_count"]} == {"tp1-pp1-ep1/mp"}
