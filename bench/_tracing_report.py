@@ -64,6 +64,15 @@ def _verdict(w: bool | None) -> str:
     return {True: "yes", False: "**no**", None: "–"}[w]
 
 
+def _ratio_cell(doc: dict, key: str, level: int, metric: str, band, *, base: bool, verdict) -> str:
+    """The tracing-off row shows the noise band; every other row its paired ratio and whether it is inside."""
+    if base:
+        return f"noise {band[0]:.2f}–{band[1]:.2f}×" if band else "–"
+    r = spread(paired_ratios(doc, key, level, metric))
+    return (f"{fmt_ratio(r.median if r else None)} ({fmt_ratio(r.lo if r else None)}–{fmt_ratio(r.hi if r else None)}) "
+            f"{verdict(within(r, band))}")
+
+
 def _rows(doc: dict, level: int) -> list[str]:
     out = []
     bands = {m: noise_band(doc, level, m) for m in ("output_tokens_per_s", "ttft_p50_ms")}
@@ -73,19 +82,10 @@ def _rows(doc: dict, level: int) -> list[str]:
             out.append(f"| {level} | {v['label']} | not measured: {v.get('error') or 'no valid run'} | | | | | | |")
             continue
         tps, ttft = spread(r["output_tokens_per_s"] for r in runs), spread(r["ttft_p50_ms"] for r in runs)
-        rt = spread(paired_ratios(doc, key, level, "output_tokens_per_s"))
-        rl = spread(paired_ratios(doc, key, level, "ttft_p50_ms"))
         cpu = _cpu(doc, key, level)
-        base = key == BASE
         verdict = (lambda w: "(sets the band)") if key == CONTROL else _verdict
-        band = bands["output_tokens_per_s"]
-        tps_cell = (f"noise {band[0]:.2f}–{band[1]:.2f}×" if band else "–") if base else \
-            f"{fmt_ratio(rt.median if rt else None)} ({fmt_ratio(rt.lo if rt else None)}–{fmt_ratio(rt.hi if rt else None)}) " \
-            f"{verdict(within(rt, band))}"
-        band = bands["ttft_p50_ms"]
-        ttft_cell = (f"noise {band[0]:.2f}–{band[1]:.2f}×" if band else "–") if base else \
-            f"{fmt_ratio(rl.median if rl else None)} ({fmt_ratio(rl.lo if rl else None)}–{fmt_ratio(rl.hi if rl else None)}) " \
-            f"{verdict(within(rl, band))}"
+        tps_cell, ttft_cell = (_ratio_cell(doc, key, level, m, bands[m], base=key == BASE, verdict=verdict)
+                               for m in ("output_tokens_per_s", "ttft_p50_ms"))
         out.append(f"| {level} | {v['label']} | {fmt_spread(tps)} | {tps_cell} | {fmt_spread(ttft, digits=1)} | {ttft_cell} "
                    f"| {fmt_spread(cpu.get('replica / API server'))} | {fmt_spread(cpu.get(FRONT_END))} "
                    f"| {fmt_spread(cpu.get(ENGINE))} |")
