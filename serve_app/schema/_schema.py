@@ -131,6 +131,18 @@ class ModelConfig(Frozen):
     graceful_shutdown_timeout_s: float = Field(30.0, ge=0, description=(
         "On scale-down or upgrade, how long a stopping replica may finish its in-flight requests before it is killed."))
     env: dict[str, str] = Field(default_factory=dict, description="Environment variables for the replica and its engine workers.")
+    front_ends: int | Literal["auto"] = Field("auto", description=(
+        "OpenAI front-end processes per engine (vLLM's multi-API-server mode inside one replica): the replica "
+        "process is front end 0 and dispatches each request to the least-busy one; each extra one takes a CPU "
+        "of the replica. auto = 1 with CPU engine workers (they need the cores), else one per 8 CPUs of the "
+        "replica's bundles, 1 to 8 (cluster.planner.layout)."))
+
+    @field_validator("front_ends")
+    @classmethod
+    def _front_ends_range(cls, v: int | str) -> int | str:
+        if v != "auto" and not 1 <= v <= 16:
+            raise ValueError(f"front_ends={v}: must be 1 to 16 processes or auto")
+        return v
 
     @field_validator("source")
     @classmethod
