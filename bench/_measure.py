@@ -224,6 +224,10 @@ _ROLES = (
     ("VLLM::EngineCore", "vLLM engine core"),
     ("VLLM::Worker", "vLLM worker"),
     ("vllm.entrypoints.openai.api_server", "vLLM API server (HTTP + OpenAI layer)"),
+    # `vllm serve --api-server-count N` (bench/vllm_serve.py): with N = 1 the main process is the
+    # API server; with N > 1 it only supervises and its children are VLLM::APIServer_<i>.
+    ("VLLM::APIServer", "vLLM API server (HTTP + OpenAI layer)"),
+    ("bench/vllm_serve.py", "vLLM API server (HTTP + OpenAI layer)"),
     ("ServeReplica:rayllm:OpenAiIngress", "Serve replica: OpenAiIngress"),
     ("ServeReplica:rayllm:LLMServer", "Serve replica: LLMServer (+ OpenAI layer)"),
     ("ServeReplica:", "Serve replica: model (+ vLLM OpenAI app)"),

