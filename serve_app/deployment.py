@@ -119,6 +119,12 @@ class ModelServer:
         ):
             yield item
 
+    def front_ends(self) -> dict[str, Any] | None:
+        """The replica's front-end processes (models[].front_ends): requests each served, which are alive.
+        None for an engine with no such notion (the simulator)."""
+        status = getattr(self._engine, "front_ends", None)
+        return status() if status is not None else None
+
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Report the engine's queue signals to Serve's autoscaler (custom metrics)."""
         return self._engine.stats().as_metrics()
