@@ -228,6 +228,8 @@ _ROLES = (
     # API server; with N > 1 it only supervises and its children are VLLM::APIServer_<i>.
     ("VLLM::APIServer", "vLLM API server (HTTP + OpenAI layer)"),
     ("bench/vllm_serve.py", "vLLM API server (HTTP + OpenAI layer)"),
+    # models[].front_ends > 1 (serve_app.engines._front_end_proc): the replica's extra front ends.
+    ("fleetserve::FrontEnd", "fleetserve extra front end (vLLM OpenAI app)"),
     ("ServeReplica:rayllm:OpenAiIngress", "Serve replica: OpenAiIngress"),
     ("ServeReplica:rayllm:LLMServer", "Serve replica: LLMServer (+ OpenAI layer)"),
     ("ServeReplica:", "Serve replica: model (+ vLLM OpenAI app)"),
@@ -280,6 +282,7 @@ FRONT_END = "front end (all non-engine)"
 ROLE_GROUPS = (
     (("vLLM engine core", "vLLM worker"), ENGINE),
     (("vLLM API server (HTTP + OpenAI layer)", "Serve replica: model (+ vLLM OpenAI app)",
+      "fleetserve extra front end (vLLM OpenAI app)",
       "Serve replica: OpenAiIngress", "Serve replica: LLMServer (+ OpenAI layer)"), "replica / API server"),
     (("Serve HAProxy (manager actor + haproxy)", "Serve HTTP proxy (under HAProxy: its fallback)"), "HTTP hop (HAProxy, proxy)"),
 )

@@ -278,3 +278,14 @@ def test_capacity_report_rows_ratios_to_the_same_count_and_cpu_at_the_peak():
     # fleetserve x1: 0.90× raw vLLM x1's peak; front end 50 ms per 1,000 tokens like its peer (1.00×), engine 100.
     assert "| 0.90× | – | 20.0 | 50 |  |  | **50** | 1.00× | 100 | 200 | 6 |" in rows["| fleetserve x1"]
     assert "not measured: RuntimeError: did not come up" in rows["| fleetserve x2"]
+
+
+def test_front_end_processes_of_both_multi_front_end_modes_count_as_front_end():
+    from bench._measure import FRONT_END, cpu_by_group, process_role
+
+    titles = ["VLLM::APIServer_1", "/venv/bin/python /repo/bench/vllm_serve.py --api-server-count 2 --model m",
+              "fleetserve::FrontEnd:tiny-dense:1", "ray::ServeReplica:fleetserve:tiny-dense"]
+    roles = {process_role(t): 1.0 for t in titles}
+    assert "other" not in roles and process_role("VLLM::EngineCore") == "vLLM engine core"
+    groups = cpu_by_group(roles)
+    assert groups["replica / API server"] == len(roles) and groups[FRONT_END] == len(roles)
