@@ -4,7 +4,8 @@ No ray, vllm, locust or sockets: reads the dict bench.frontend_capacity writes a
 Each stack there is
     {"label", "kind": "vllm" | "fleetserve", "front_ends": N,
      "levels": {"<c>": {"runs": [one Locust run per round: output_tokens_per_s, duration_s, valid,
-                                  ttft_p50_ms, cpu_s_by_role, loadgen_cpu_s, others_cpu_s, ...]}}}
+                                  ttft_p50_ms, cpu_s_by_role, loadgen_cpu_s, ...]}},
+     "startup_runs_s": [one per round]}
 so bench._report's per-level helpers (level_spreads, cpu_per_1k_tokens) read it as they read
 serving_overhead's results.
 
@@ -104,7 +105,7 @@ def _summary_rows(doc: dict) -> list[str]:
     stacks, levels = doc["stacks"], doc["load"]["levels"]
     head = ("| stack | processes | peak out tok/s (c) | stopped rising? | × raw vLLM, same count | × its own N=1 "
             "| TTFT p50 at peak (ms) | " + " | ".join(_GROUPS) + f" | **{FRONT_END}** | × raw vLLM's, same count "
-            f"| {ENGINE} | load generator | other stacks (idle) |")
+            f"| {ENGINE} | load generator | start-up s |")
     out = [head, "|---|" + "---|" * (head.count("|") - 2)]
     peaks = {k: find_peak(_tps_by_level(s, levels)) for k, s in stacks.items() if "levels" in s}
     for k, s in stacks.items():
@@ -134,7 +135,7 @@ def _summary_rows(doc: dict) -> list[str]:
             fmt_ratio(ratio(groups.get(FRONT_END), peer_front)) if peer_front else "–",
             fmt_num(groups.get(ENGINE)),
             fmt_num(extra_per_1k_tokens(s, lv, "loadgen_cpu_s")),
-            fmt_num(extra_per_1k_tokens(s, lv, "others_cpu_s")),
+            fmt_num(statistics.median(s["startup_runs_s"]), digits=1) if s.get("startup_runs_s") else "–",
         ]
         out.append("| " + " | ".join(cells) + " |")
     return out
@@ -148,15 +149,15 @@ def render_capacity_report(doc: dict) -> str:
         f"Started {doc['started']} on {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_gib']} GiB, no GPU; "
         + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()) + ".  ",
         f"Load: Locust closed loop at concurrency {', '.join(map(str, load['levels']))}, {load['duration_s']:g} s per run, "
-        f"{load['input_len']} input / {load['output_len']} output tokens (ignore_eos); {load['rounds']} rounds, each "
-        "level run on every stack in turn (the order rotates per round) while all stacks stay up. "
+        f"{load['input_len']} input / {load['output_len']} output tokens (ignore_eos); {load['rounds']} rounds, in each "
+        "every stack in turn (the order rotates per round) started, run at every level and stopped: one stack up at a time. "
         f"Engine: max_num_seqs {doc['settings']['max_num_seqs']}. Median (min–max) over the rounds.",
         "",
         "### Output tokens/s per concurrency", "", *_level_table(doc), "",
         "### Capacity: the peak, and CPU ms per 1,000 output tokens there", "",
         "CPU by role group of the stack's own process tree (bench._measure.cpu_by_group; median over the rounds' "
         "runs at the peak level). The front end is every process but vLLM's engine core and worker. Load generator: "
-        "the Locust process (on the same 2 cores); other stacks: what the idle stacks used meanwhile.", "",
+        "the Locust process (on the same 2 cores); start-up: start to first chat completion, median over the rounds.", "",
         *_summary_rows(doc), "",
     ]
     notes = [f"- {s['label']}: {n}" for s in doc["stacks"].values() for n in s.get("notes", [])]

