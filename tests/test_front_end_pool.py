@@ -140,3 +140,46 @@ def test_a_dead_front_end_s_request_is_sent_to_front_end_0_and_it_leaves_the_poo
     assert first == (200, b'local:0:{"keep":1};')  # the same body, answered by front end 0
     assert all(r[1].startswith(b"local") for r in rest)
     assert status["resent"] == 1 and status["alive"] == 1 and status["alive_pids"] == [os.getpid()]
+
+
+def test_a_relayed_request_s_engine_numbers_reach_front_end_0_s_record(tmp_path):
+    import multiprocessing
+
+    from serve_app.engines.front_ends import RELAY_ID
+    from serve_app.telemetry.requests import RequestRecord, serving
+
+    read, write = multiprocessing.Pipe(duplex=False)
+
+    async def child_app(scope, receive, send):  # as _front_end_proc's _ReportFinished + the engine adapter do
+        relay_id = dict(scope["headers"])[RELAY_ID.encode()].decode()
+        write.send(("finished", (relay_id, {"prompt_tokens": 5, "output_tokens": 7, "ttft_s": 0.01,
+                                            "finish_reason": "length"})))
+        await _app("child")(scope, receive, send)
+
+    async def run():
+        uds = str(tmp_path / "fe-1.sock")
+        server = uvicorn.Server(uvicorn.Config(child_app, uds=uds, log_level="warning", lifespan="off"))
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        child = _Child(index=1, process=_Process(), conn=read, uds=uds,
+                       session=aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=uds)))
+        pool = FrontEndPool(_app("local"), [child])
+        loop = asyncio.get_running_loop()
+        loop.add_reader(read.fileno(), pool.on_message, child, loop, lambda *a: None)
+        pool.local_in_flight = 1  # send it to the child
+        rec = RequestRecord(arrival_s=0.0, route="/v1/completions", model="m")
+        try:
+            with serving(rec):
+                got = await _call(pool, "/v1/completions")
+        finally:
+            loop.remove_reader(read.fileno())
+            await child.session.close()
+            server.should_exit = True
+            await task
+        return got, rec, pool
+
+    got, rec, pool = asyncio.run(run())
+    assert got[1].startswith(b"child")
+    assert (rec.prompt_tokens, rec.output_tokens, rec.finish_reason) == (5, 7, "length")
+    assert pool._pending == {}

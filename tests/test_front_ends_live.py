@@ -29,17 +29,18 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def app():
+def app(tmp_path_factory):
     import ray
 
-    cfg = {"name": APP, "api_keys": [KEY],
+    log_path = tmp_path_factory.mktemp("reqlog") / "requests.jsonl"
+    cfg = {"name": APP, "api_keys": [KEY], "telemetry": {"request_log": str(log_path)},
            "models": [model(front_ends=2, autoscaling={"min_replicas": 1, "max_replicas": 1})]}
     saved = os.environ.get("RAY_metrics_report_interval_ms")
     os.environ["RAY_metrics_report_interval_ms"] = "1000"  # Ray's default 10 s would make the metrics test wait
     try:
         with live_app(cfg) as (config, url):
             [port] = [n["MetricsExportPort"] for n in ray.nodes() if n.get("MetricsExportPort")]
-            yield url, f"http://127.0.0.1:{port}/metrics"
+            yield url, f"http://127.0.0.1:{port}/metrics", log_path
     finally:
         os.environ.pop("RAY_metrics_report_interval_ms", None)
         if saved is not None:
@@ -77,7 +78,7 @@ def _front_end_processes() -> list[psutil.Process]:
 
 
 def test_streams_are_served_by_both_front_end_processes(app):
-    url, metrics = app
+    url, metrics, log_path = app
     before = _status()
     assert before["front_ends"] == 2 and before["alive"] == 2, before
     [child] = _front_end_processes()
@@ -106,9 +107,13 @@ def test_streams_are_served_by_both_front_end_processes(app):
 
     wait_until(counted, timeout_s=60, interval_s=2, what="vLLM's request counts to equal the requests served")
 
+    # The request log (front end 0 writes it) has each stream's engine numbers, whichever front end served it.
+    lines = [json.loads(x) for x in log_path.read_text().splitlines() if '"/v1/chat/completions"' in x]
+    assert len(lines) == 16 and all(x["output_tokens"] == 16 and x["prompt_tokens"] for x in lines), lines
+
 
 def test_killing_a_front_end_process_loses_no_plain_request(app):
-    url, _ = app
+    url, _, _ = app
     [child] = _front_end_processes()
     before = _status()
 
