@@ -30,8 +30,9 @@ def front_end_main(index: int, args: Namespace, client_config: dict[str, Any], c
     setproctitle.setproctitle(f"fleetserve::FrontEnd:{args.served_model_name[0]}:{index}")
     # Front end 0 stops us (terminate); a Ctrl-C on the terminal is its and Ray's to handle.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
     try:
-        asyncio.run(_serve(index, args, client_config, conn, uds))
+        asyncio.run(_serve(index, args, client_config, conn, uds, parent))
     except Exception as e:  # reported to front end 0, which names it in the replica's start-up error
         try:
             conn.send(("failed", f"{type(e).__name__}: {e}"))
@@ -40,7 +41,14 @@ def front_end_main(index: int, args: Namespace, client_config: dict[str, Any], c
         raise
 
 
-async def _serve(index: int, args: Namespace, client_config: dict[str, Any], conn: Any, uds: str) -> None:
+async def _exit_with(parent: int) -> None:
+    """End this process when front end 0 is gone: a SIGKILLed replica gets no chance to stop us."""
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)  # a poll, not a wait for a condition: no portable parent-death event
+    os._exit(0)
+
+
+async def _serve(index: int, args: Namespace, client_config: dict[str, Any], conn: Any, uds: str, parent: int) -> None:
     import uvicorn
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -72,6 +80,7 @@ async def _serve(index: int, args: Namespace, client_config: dict[str, Any], con
         os.unlink(uds)
     server = uvicorn.Server(uvicorn.Config(app, uds=uds, log_level="warning", access_log=False,
                                            timeout_keep_alive=3600, lifespan="on"))
+    orphan_watch = asyncio.create_task(_exit_with(parent))  # noqa: F841 - held until the process ends
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
         await asyncio.sleep(0.05)
