@@ -98,7 +98,8 @@ class ModelServer:
         tracing = TracingSettings.resolve(spec.telemetry)
         install(tracing, resource={"fleetserve.model": spec.model.name, "fleetserve.replica": self._replica,
                                    "fleetserve.layout": layout})
-        self._engine = await start_engine(spec, traces_endpoint=tracing.endpoint, metrics_layout=layout)
+        self._engine = await start_engine(spec, traces_endpoint=tracing.endpoint,
+                                          metrics_layout=layout if spec.telemetry.engine_metrics else None)
         self._refused = Refusals(model=spec.model.name, replica=self._replica)
         self._app, self._front = wrap_engine_app(self._engine, spec, replica=self._replica, layout=layout,
                                                  on_refused=self._refused)

@@ -2,7 +2,8 @@
 
 One app: direct ingress (HAProxy -> the replica's port), one replica whose engine core takes two
 clients: the replica process (front end 0) and a process of its own (front end 1). Streams are
-served by both; SIGKILLing front end 1 while it holds non-streaming requests loses none of them.
+served by both and vLLM's metrics (exported by front end 0) count every one of them; SIGKILLing
+front end 1 while it holds non-streaming requests loses none of them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import psutil
 import pytest
 
 from conftest import wait_until
+from telemetry_helpers.scrape import count_by_model, scrape
 from trust_helpers import KEY, live_app, model, replica_processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -27,11 +29,22 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def app():
-    cfg = {"name": APP, "api_keys": [KEY],
+def app(tmp_path_factory):
+    import ray
+
+    log_path = tmp_path_factory.mktemp("reqlog") / "requests.jsonl"
+    cfg = {"name": APP, "api_keys": [KEY], "telemetry": {"request_log": str(log_path)},
            "models": [model(front_ends=2, autoscaling={"min_replicas": 1, "max_replicas": 1})]}
-    with live_app(cfg) as (config, url):
-        yield url
+    saved = os.environ.get("RAY_metrics_report_interval_ms")
+    os.environ["RAY_metrics_report_interval_ms"] = "1000"  # Ray's default 10 s would make the metrics test wait
+    try:
+        with live_app(cfg) as (config, url):
+            [port] = [n["MetricsExportPort"] for n in ray.nodes() if n.get("MetricsExportPort")]
+            yield url, f"http://127.0.0.1:{port}/metrics", log_path
+    finally:
+        os.environ.pop("RAY_metrics_report_interval_ms", None)
+        if saved is not None:
+            os.environ["RAY_metrics_report_interval_ms"] = saved
 
 
 def _status() -> dict:
@@ -65,13 +78,14 @@ def _front_end_processes() -> list[psutil.Process]:
 
 
 def test_streams_are_served_by_both_front_end_processes(app):
+    url, metrics, log_path = app
     before = _status()
     assert before["front_ends"] == 2 and before["alive"] == 2, before
     [child] = _front_end_processes()
     assert child.pid in before["pids"], (child.pid, before)
 
     async def run():
-        async with httpx.AsyncClient(base_url=app, timeout=120) as c:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as c:
             return await asyncio.gather(*(_chat(c, stream=True, tokens=16) for _ in range(16)))
 
     results = asyncio.run(run())
@@ -81,13 +95,30 @@ def test_streams_are_served_by_both_front_end_processes(app):
     print("streams per front end:", served)
     assert sum(served) == 16 and min(served) >= 4, served  # least-busy dispatch: both carry a share
 
+    # Front end 1's engine steps reach front end 0's stat loggers: vLLM's histograms count all.
+    sent = sum(after["requests"])
+
+    def counted() -> bool:
+        samples = scrape(metrics)
+        got = [count_by_model(samples, f"ray_vllm_{m}").get("tiny-dense", 0)
+               for m in ("e2e_request_latency_seconds", "time_to_first_token_seconds")]
+        print("scraped counts:", got, "sent:", sent)
+        return got == [sent, sent]
+
+    wait_until(counted, timeout_s=60, interval_s=2, what="vLLM's request counts to equal the requests served")
+
+    # The request log (front end 0 writes it) has each stream's engine numbers, whichever front end served it.
+    lines = [json.loads(x) for x in log_path.read_text().splitlines() if '"/v1/chat/completions"' in x]
+    assert len(lines) == 16 and all(x["output_tokens"] == 16 and x["prompt_tokens"] for x in lines), lines
+
 
 def test_killing_a_front_end_process_loses_no_plain_request(app):
+    url, _, _ = app
     [child] = _front_end_processes()
     before = _status()
 
     async def run():
-        async with httpx.AsyncClient(base_url=app, timeout=300) as c:
+        async with httpx.AsyncClient(base_url=url, timeout=300) as c:
             tasks = [asyncio.create_task(_chat(c, stream=False, tokens=128)) for _ in range(12)]
             # Kill once front end 1 holds requests: the ones it was generating must be answered anyway.
             for _ in range(600):
@@ -107,7 +138,7 @@ def test_killing_a_front_end_process_loses_no_plain_request(app):
     assert child.pid not in after["alive_pids"]
 
     async def more():  # the replica serves on with front end 0 alone
-        async with httpx.AsyncClient(base_url=app, timeout=120) as c:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as c:
             return await asyncio.gather(*(_chat(c, stream=s, tokens=8) for s in (True, False, True, False)))
 
     assert asyncio.run(more()) == [(200, 8)] * 4

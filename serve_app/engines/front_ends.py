@@ -31,6 +31,7 @@ import logging
 import os
 import tempfile
 import time
+import uuid
 from argparse import Namespace
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,9 +42,14 @@ log = logging.getLogger("ray.serve")
 
 # Routes the pool spreads: the ones whose cost grows with tokens. /v1/models, tokenize, health
 # answer from front end 0 (cheap, and they must work while the others start or die).
+RELAY_ID = "x-fleetserve-relay-id"  # front end 0's key for a relayed request's engine numbers
 SPREAD_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"})
-_HOP_BY_HOP = frozenset({b"host", b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"upgrade"})
+_HOP_BY_HOP = frozenset({b"host", b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"upgrade",
+                         RELAY_ID.encode()})
 _HOP_BY_HOP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding"})
+# How long a finished relay waits for its engine numbers (sent before the response's last byte,
+# read on the same loop: almost always there already) before its log line goes without them.
+REPORT_WAIT_S = 0.2
 START_TIMEOUT_S = 600.0  # a front end imports vLLM and tokenizer, then waits for the engine's ready message
 
 
@@ -72,6 +78,7 @@ class FrontEndPool:
     served: list[int] = field(default_factory=list)  # requests started per front end (index 0 = local)
     resent: int = 0  # non-streaming requests sent again after their front end died
     _next: int = 0
+    _pending: dict = field(default_factory=dict)  # relay id -> (front end 0's RequestRecord, reported Event)
 
     def __post_init__(self) -> None:
         self.served = [0] * (1 + len(self.children))
@@ -122,8 +129,14 @@ class FrontEndPool:
 
         child.in_flight += 1
         self.served[child.index] += 1
+        relay_id, reported = self._expect_report()
         try:
-            await _relay(child, scope, body, relay_send)
+            await _relay(child, scope, body, relay_send, relay_id)
+            if reported is not None and not reported.is_set():
+                try:
+                    await asyncio.wait_for(reported.wait(), REPORT_WAIT_S)
+                except asyncio.TimeoutError:
+                    pass
             return
         except Exception as e:  # aiohttp's errors, or the child's socket gone
             if started:
@@ -134,7 +147,20 @@ class FrontEndPool:
             self.resent += 1
         finally:
             child.in_flight -= 1
+            self._pending.pop(relay_id, None)
         await self._local(scope, _replay_body(body), send)
+
+    def _expect_report(self) -> tuple[str, asyncio.Event | None]:
+        """A relay id, and the Event set when the child reports the request's engine numbers (None: no record)."""
+        from serve_app.telemetry.requests import current_request
+
+        relay_id = uuid.uuid4().hex
+        rec = current_request()
+        if rec is None:
+            return relay_id, None
+        reported = asyncio.Event()
+        self._pending[relay_id] = (rec, reported)
+        return relay_id, reported
 
     async def _local(self, scope: dict, receive, send) -> None:
         self.local_in_flight += 1
@@ -169,6 +195,11 @@ class FrontEndPool:
             scheduler_stats, iteration_stats, queued = payload
             child.queued_tokens = queued
             replay_stats(scheduler_stats, iteration_stats)
+        elif kind == "finished":
+            relay_id, numbers = payload
+            if (entry := self._pending.get(relay_id)) is not None:
+                entry[0].engine_output(**numbers)
+                entry[1].set()
         elif kind == "ready" and child.ready is not None and not child.ready.done():
             child.ready.set_result(payload)
         elif kind == "failed" and child.ready is not None and not child.ready.done():
@@ -217,9 +248,10 @@ def _replay_body(body: bytes):
     return receive
 
 
-async def _relay(child: _Child, scope: dict, body: bytes, send) -> None:
+async def _relay(child: _Child, scope: dict, body: bytes, send, relay_id: str) -> None:
     """Send the request to the child's server and its response back, chunk by chunk as it comes."""
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", ()) if k.lower() not in _HOP_BY_HOP]
+    headers.append((RELAY_ID, relay_id))
     url = "http://front-end" + scope.get("raw_path", scope["path"].encode()).decode("latin-1").split("?")[0]
     if scope.get("query_string"):
         url += "?" + scope["query_string"].decode("latin-1")
