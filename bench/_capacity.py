@@ -105,7 +105,7 @@ def _summary_rows(doc: dict) -> list[str]:
     stacks, levels = doc["stacks"], doc["load"]["levels"]
     head = ("| stack | processes | peak out tok/s (c) | stopped rising? | × raw vLLM, same count | × its own N=1 "
             "| TTFT p50 at peak (ms) | " + " | ".join(_GROUPS) + f" | **{FRONT_END}** | × raw vLLM's, same count "
-            f"| {ENGINE} | load generator | start-up s |")
+            f"| busiest front-end process | {ENGINE} | load generator | start-up s |")
     out = [head, "|---|" + "---|" * (head.count("|") - 2)]
     peaks = {k: find_peak(_tps_by_level(s, levels)) for k, s in stacks.items() if "levels" in s}
     for k, s in stacks.items():
@@ -133,6 +133,7 @@ def _summary_rows(doc: dict) -> list[str]:
             *(fmt_num(groups.get(g)) if g in groups else "" for g in _GROUPS),
             f"**{fmt_num(groups.get(FRONT_END))}**",
             fmt_ratio(ratio(groups.get(FRONT_END), peer_front)) if peer_front else "–",
+            fmt_num(extra_per_1k_tokens(s, lv, "busiest_front_end_cpu_s")),
             fmt_num(groups.get(ENGINE)),
             fmt_num(extra_per_1k_tokens(s, lv, "loadgen_cpu_s")),
             fmt_num(statistics.median(s["startup_runs_s"]), digits=1) if s.get("startup_runs_s") else "–",
@@ -157,7 +158,8 @@ def render_capacity_report(doc: dict) -> str:
         "### Capacity: the peak, and CPU ms per 1,000 output tokens there", "",
         "CPU by role group of the stack's own process tree (bench._measure.cpu_by_group; median over the rounds' "
         "runs at the peak level). The front end is every process but vLLM's engine core and worker. Load generator: "
-        "the Locust process (on the same 2 cores); start-up: start to first chat completion, median over the rounds.", "",
+        "the Locust process (on the same 2 cores); busiest front-end process: the one replica / API-server process that "
+        "used the most (N front ends only help while no single one carries most of the work); start-up: start to first chat completion, median over the rounds.", "",
         *_summary_rows(doc), "",
     ]
     notes = [f"- {s['label']}: {n}" for s in doc["stacks"].values() for n in s.get("notes", [])]

@@ -29,6 +29,7 @@ __all__ = [
     "token_times_from_reads", "StreamCheck", "check_stream", "RecordsCheck", "check_records",
     "MAX_READ_SHARE", "COLLAPSED_TAIL_FRACTION", "MIN_TOKENS_FOR_CHECK", "process_role", "cpu_by_role", "pss_by_role",
     "ROLE_GROUPS", "ENGINE", "BACKGROUND", "FRONT_END", "role_group", "cpu_by_group", "per_1k_tokens",
+    "cpu_by_process", "busiest_front_end_process_s",
 ]
 
 MAX_READ_SHARE = 0.5
@@ -264,15 +265,29 @@ def pss_by_role(processes: Iterable[tuple[str, int]]) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
+def cpu_by_process(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> list[tuple[str, float]]:
+    """(role, CPU seconds) of each process that used CPU between two snapshots (pid -> (command line, CPU s)), busiest first.
+
+    New pids count from 0.
+    """
+    used = [(process_role(cmd), cpu - (before[pid][1] if pid in before else 0.0)) for pid, (cmd, cpu) in after.items()]
+    return sorted(((role, u) for role, u in used if u > 0), key=lambda ru: -ru[1])
+
+
 def cpu_by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
     """CPU seconds each role used between two snapshots (pid -> (command line, CPU s)); new pids count from 0."""
     out: dict[str, float] = {}
-    for pid, (cmd, cpu) in after.items():
-        used = cpu - (before[pid][1] if pid in before else 0.0)
-        if used > 0:
-            role = process_role(cmd)
-            out[role] = out.get(role, 0.0) + used
+    for role, used in cpu_by_process(before, after):
+        out[role] = out.get(role, 0.0) + used
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def busiest_front_end_process_s(by_process: list[tuple[str, float]]) -> float | None:
+    """CPU seconds of the busiest single front-end process (replica / API server group), None if there is none.
+
+    The per-process ceiling: N front ends only help as far as no one process still does most of the work.
+    """
+    return max((u for role, u in by_process if role_group(role) == "replica / API server"), default=None)
 
 
 # What issue 16 compares: the engine (its core and worker busy-wait, so they are not the front

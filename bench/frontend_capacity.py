@@ -44,7 +44,7 @@ from pathlib import Path
 from bench import _procs
 from bench._capacity import render_capacity_report
 from bench._load import locust_run
-from bench._measure import cpu_by_role
+from bench._measure import busiest_front_end_process_s, cpu_by_process, cpu_by_role
 from bench._probe import stream_probe
 from bench._stacks import EngineSettings, StackSpec, build_stack
 from bench.serving_overhead import IDLE_SETTLE_S, _machine, _versions, start_stack
@@ -121,8 +121,9 @@ def _one_run(stack: dict, tree: _procs.ProcessTree, c: int, rnd: int, *, setting
     lc = locust_run(stack["url"], settings.served_name, concurrency=c, duration_s=args.duration, input_len=args.input_len,
                     output_len=args.output_len, out_dir=out / stack["key"] / f"c{c}" / f"round-{rnd}", seed=rnd)
     loadgen = _children_cpu_s() - gen0
-    run = lc.as_dict() | {"round": rnd, "cpu_s_by_role": cpu_by_role(before, _procs.tree_cpu_s(tree.pid)),
-                          "loadgen_cpu_s": round(loadgen, 3)}
+    after = _procs.tree_cpu_s(tree.pid)
+    run = lc.as_dict() | {"round": rnd, "cpu_s_by_role": cpu_by_role(before, after), "loadgen_cpu_s": round(loadgen, 3),
+                          "busiest_front_end_cpu_s": busiest_front_end_process_s(cpu_by_process(before, after))}
     _log(f"{stack['label']} c={c} round {rnd}: {lc.output_tokens_per_s:,.0f} tok/s, TTFT p50 {lc.ttft_p50_ms} ms, "
          f"ok {lc.requests_ok} failed {lc.requests_failed}; Locust {loadgen:.1f} CPU s"
          + ("" if lc.valid else f"  -> REFUSED ({lc.check.reason if lc.check else 'failed requests'})"))

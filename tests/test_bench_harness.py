@@ -243,7 +243,7 @@ def _capacity_doc():
         # tps for 10 s: tps * 10 tokens; 1 CPU s over 10,000 tokens = 100 ms per 1,000 tokens.
         return {"tool": "locust", "valid": valid, "output_tokens_per_s": tps, "duration_s": 10.0, "round": rnd,
                 "ttft_p50_ms": 20.0, "ttft_p95_ms": 40.0, "requests_failed": 0 if valid else 3, "check": None,
-                "loadgen_cpu_s": tps * 10 / 10_000 * 2,
+                "loadgen_cpu_s": tps * 10 / 10_000 * 2, "busiest_front_end_cpu_s": front * tps / 1000 * 0.6,
                 "cpu_s_by_role": {"vLLM engine core": engine * tps / 1000,
                                   "vLLM API server (HTTP + OpenAI layer)": front * tps / 1000}}
 
@@ -276,7 +276,7 @@ def test_capacity_report_rows_ratios_to_the_same_count_and_cpu_at_the_peak():
     assert rows["| raw vLLM x2"].startswith("| raw vLLM x2 | 2 | **2,525 (2,500–2,550)** (64) | no: still rising: +150% over c=16")
     assert "| – | 1.25× |" in rows["| raw vLLM x2"]
     # fleetserve x1: 0.90× raw vLLM x1's peak; front end 50 ms per 1,000 tokens like its peer (1.00×), engine 100.
-    assert "| 0.90× | – | 20.0 | 50 |  |  | **50** | 1.00× | 100 | 200 | 32.0 |" in rows["| fleetserve x1"]
+    assert "| 0.90× | – | 20.0 | 50 |  |  | **50** | 1.00× | 30 | 100 | 200 | 32.0 |" in rows["| fleetserve x1"]
     assert "not measured: RuntimeError: did not come up" in rows["| fleetserve x2"]
 
 
@@ -289,3 +289,16 @@ def test_front_end_processes_of_both_multi_front_end_modes_count_as_front_end():
     assert "other" not in roles and process_role("VLLM::EngineCore") == "vLLM engine core"
     groups = cpu_by_group(roles)
     assert groups["replica / API server"] == len(roles) and groups[FRONT_END] == len(roles)
+
+
+def test_cpu_by_process_and_the_busiest_front_end_process():
+    from bench._measure import busiest_front_end_process_s, cpu_by_process, cpu_by_role
+
+    before = {1: ("VLLM::APIServer_0", 10.0), 2: ("VLLM::APIServer_1", 5.0), 3: ("VLLM::EngineCore", 1.0)}
+    after = {1: ("VLLM::APIServer_0", 12.0), 2: ("VLLM::APIServer_1", 8.0), 3: ("VLLM::EngineCore", 9.0),
+             4: ("fleetserve::FrontEnd:m:1", 0.5)}  # new pid: counts from 0
+    by = cpu_by_process(before, after)
+    assert by[0] == ("vLLM engine core", 8.0) and [u for _, u in by] == [8.0, 3.0, 2.0, 0.5]
+    assert busiest_front_end_process_s(by) == 3.0  # the engine is not a front-end process
+    assert cpu_by_role(before, after)["vLLM API server (HTTP + OpenAI layer)"] == 5.0
+    assert busiest_front_end_process_s([("vLLM engine core", 1.0)]) is None
