@@ -60,8 +60,9 @@ class RaySession:
 def local_ray_cpus(configs: AppConfig | Sequence[AppConfig]) -> int:
     """Logical CPUs a local Ray needs for the largest of `configs`: every replica at max_replicas, plus 2 for Serve.
 
-    Each model counts its resolved layout's workers (an `auto` model as many as the planner gives
-    it, not one). Logical CPUs: vLLM's CPU workers pin their own threads, Ray's count is bookkeeping.
+    Each model counts its resolved layout's bundles (an `auto` model as many workers as the planner
+    gives it, not one; bundle 0 with a CPU per extra front end). Logical CPUs: vLLM's CPU workers pin
+    their own threads, Ray's count is bookkeeping.
     """
     configs = [configs] if isinstance(configs, AppConfig) else list(configs)
     need = 0.0
@@ -69,7 +70,7 @@ def local_ray_cpus(configs: AppConfig | Sequence[AppConfig]) -> int:
         total = 0.0
         for i, m in enumerate(cfg.models):
             layout = plan_layout(m, extra_accelerators=cfg.accelerators, where=f"models[{i}]")
-            total += m.placement.cpus_per_worker * layout.workers * m.autoscaling.max_replicas
+            total += layout.cpus_per_replica * m.autoscaling.max_replicas  # bundles as asked, front ends' CPUs included
         need = max(need, total)
     return max(os.cpu_count() or 1, int(need) + 2)
 

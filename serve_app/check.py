@@ -149,8 +149,11 @@ def _check_model(config, i: int, model, inventory: Inventory) -> list[Finding]:
     out += _memory(config, model, layout.parallelism, inventory, f)
     why = static_problem(list(layout.bundles), layout.strategy, list(inventory.nodes))
     par = layout.parallelism
-    what = (f"{len(layout.bundles)} bundle(s) of {layout.bundles[0]} with {layout.strategy} "
-            f"(tp={par.tensor} pp={par.pipeline} ep={par.expert}) on {inventory.source}")
+    b = layout.bundles
+    # bundle 0 also holds a CPU per extra front end (plan_layout): say so rather than show it as all of them
+    shape = f"{len(b)} bundle(s) of {b[0]}" if all(x == b[0] for x in b) else f"bundle 0 of {b[0]} + {len(b) - 1} of {b[1]}"
+    what = (f"{shape} with {layout.strategy} (tp={par.tensor} pp={par.pipeline} ep={par.expert} "
+            f"front_ends={layout.front_ends}) on {inventory.source}")
     if why:
         level = "warning" if inventory.can_grow else "error"
         out.append(Finding(level, f"{f}.placement", f"{what}: {why}"

@@ -92,3 +92,17 @@ def test_the_command_exits_1_on_an_error_and_prints_json(tmp_path):
     assert out.returncode == 1, out.stderr[-2000:]
     findings = json.loads(out.stdout)
     assert any(f["level"] == "error" and f["field"] == "models[0].engine_args.enforce_eagre" for f in findings), findings
+
+
+def test_the_placement_finding_shows_bundle_0_with_the_front_ends_cpus(tmp_path, h100_node):
+    scenario = yaml.safe_load((REPO / "cluster/k8s/scenarios/dense-128b-h100-tp4.yaml").read_text())
+    scenario["models"][0]["front_ends"] = 3
+    findings = check_file(_write(tmp_path, "fe.yaml", scenario), inventory=h100_node)
+    (placed,) = [f for f in findings if f.field == "models[0].placement"]
+    assert placed.level == "ok", placed
+    assert "bundle 0 of {'GPU': 1.0, 'CPU': 3.0, 'accelerator_type:H100': 0.001} + 3 of {'GPU': 1.0, 'CPU': 1.0" in placed.message
+    assert "front_ends=3" in placed.message
+    scenario["models"][0]["front_ends"] = 8  # 1 + 7 CPUs in bundle 0 + 3 others: more than the node's 8
+    (placed,) = [f for f in check_file(_write(tmp_path, "fe8.yaml", scenario), inventory=h100_node)
+                 if f.field == "models[0].placement"]
+    assert placed.level == "error", placed

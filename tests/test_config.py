@@ -49,6 +49,9 @@ def test_env_var_selects_the_config(tmp_path, monkeypatch):
          "models[0].placement.strategy", "STRICT_PACK needs 4"),
         ([_model(), _model()], "models[1].name", "already used by models[0]"),
         ([_model(bogus=1)], "models[0].bogus", "Extra inputs"),
+        ([_model(front_ends=0)], "models[0].front_ends", "0: must be 1 to 16 front-end processes per engine, or auto"),
+        ([_model(front_ends=17)], "models[0].front_ends", "17: must be 1 to 16"),
+        ([_model(front_ends="many")], "models[0].front_ends", "'many': must be 1 to 16"),
         ([], "models", "at least 1"),
     ],
 )
@@ -108,3 +111,11 @@ def test_telemetry_block_loads_and_a_bad_value_names_its_field():
         parse_config({**base, "telemetry": {"sampling_ratio": 1.5}})
     with pytest.raises(ConfigError, match=r"telemetry\.otlp_protocol"):
         parse_config({**base, "telemetry": {"otlp_protocol": "udp"}})
+
+
+def test_a_bad_front_ends_is_one_problem_not_one_per_union_member():
+    # int | "auto": without the check before the union, pydantic reports models[0].front_ends.int as well
+    with pytest.raises(ConfigError) as e:
+        parse_config({"models": [_model(front_ends="many")]})
+    assert [p for p, _ in e.value.problems] == ["models[0].front_ends"]
+    assert [parse_config({"models": [_model(front_ends=v)]}).models[0].front_ends for v in (1, 16, "auto")] == [1, 16, "auto"]

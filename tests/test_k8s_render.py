@@ -17,9 +17,10 @@ from typer.testing import CliRunner
 from cluster.k8s.cli import cli
 from cluster.k8s.errors import K8sError, RenderError, SchemaError
 from cluster.k8s.examples import SCENARIO_DIR, check_examples, render_examples, scenario_configs
-from cluster.k8s.layout import per_pod_share, worker_layouts
+from cluster.k8s.layout import per_pod_share, resolve_for_kubernetes, worker_layouts
 from cluster.k8s.render import SERVE_IMPORT_PATH, render_raycluster, render_rayservice
 from cluster.k8s.schema import apply_defaults, load_crd_schemas, validate_manifest
+from cluster.planner import plan_layout
 from conftest import REPO, shared_dir_or_skip
 from serve_app.config import parse_config
 from serve_app.errors import ConfigError
@@ -256,6 +257,35 @@ def test_parallelism_auto_is_planned_once_and_pinned_in_the_serve_config():
                                   models__0__placement__accelerators_per_node=1))
 
 
+def _pinned_model(manifest: dict) -> dict:
+    return yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"][0]["args"]["config"]["models"][0]
+
+
+@pytest.mark.parametrize("stem", ["mistral-7b-l4", "mixtral-8x22b-h100", "dense-128b-a100-tp4-pp2"])
+def test_front_ends_fit_the_pod_that_holds_bundle_0_and_are_pinned_in_the_serve_config(crds, stem):
+    config = _config(stem, models__0__front_ends=3)
+    m = render_rayservice(config)
+    validate_manifest(m, crds)
+    assert _pinned_model(m)["front_ends"] == 3
+    (layout,) = worker_layouts(config)
+    bundles = plan_layout(resolve_for_kubernetes(config).models[0]).bundles
+    assert bundles[0]["CPU"] == config.models[0].placement.cpus_per_worker + 2
+    # any pod of the group may get bundle 0, so each one holds bundle 0 and the rest of a pod's share
+    share = sum(b["CPU"] for b in bundles[: layout.accelerators_per_pod])
+    (group,) = _workers(m)
+    cpu = group["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+    assert float(cpu) == layout.cpus_per_pod >= share
+
+
+def test_front_ends_auto_is_resolved_once_and_pinned_as_a_number():
+    # 8 H100s x 2 CPUs = 16 bundle CPUs: auto gives 2 front ends; a cluster re-resolving would never see auto
+    config = _config("mixtral-8x22b-h100", models__0__placement__cpus_per_worker=2)
+    assert config.models[0].front_ends == "auto"
+    m = render_rayservice(config)
+    assert _pinned_model(m)["front_ends"] == 2 == plan_layout(config.models[0]).front_ends
+    assert parse_config(yaml.safe_load(m["spec"]["serveConfigV2"])["applications"][0]["args"]["config"]).models[0].front_ends == 2
+
+
 def test_head_has_no_gpus_and_pods_get_shm_and_the_model_cache():
     m = render_rayservice(_config("dense-128b-a100-tp4-pp2"))
     rc = m["spec"]["rayClusterConfig"]
@@ -294,9 +324,12 @@ def test_serve_config_imports_the_builder_with_the_config_as_args(stem):
     (app,) = serve["applications"]
     assert app["import_path"] == SERVE_IMPORT_PATH == "serve_app.config:build_app"
     assert serve["http_options"]["host"] == "0.0.0.0"
-    # the cluster parses exactly the config we rendered from (less the Kubernetes section it does not need)
+    # the cluster parses exactly the config we rendered from (less the Kubernetes section it does not need),
+    # its `auto`s pinned to what the pods were sized for
     again = parse_config(app["args"]["config"])
-    assert again.model_dump(exclude={"kubernetes"}) == config.model_dump(exclude={"kubernetes"})
+    pinned = resolve_for_kubernetes(config)
+    assert again.model_dump(exclude={"kubernetes"}) == pinned.model_dump(exclude={"kubernetes"})
+    assert all(m.front_ends != "auto" and m.parallelism != "auto" for m in again.models)
 
 
 def test_the_hf_token_comes_from_a_secret_never_inline(monkeypatch):
@@ -332,7 +365,10 @@ def test_api_keys_are_refused_rather_than_written_into_the_manifest():
         ({"models__0__parallelism": {"tensor": 6}, "models__0__placement__accelerators_per_node": 4}, RenderError,
          "models[0].parallelism.tensor", "not a multiple"),
         ({"models__0__placement__cpus_per_worker": 8}, RenderError, "kubernetes.worker_cpus_per_accelerator",
-         "need 8"),
+         "needs 8 (8 for 1 engine worker(s) at placement.cpus_per_worker=8); raise it by 2 to 8"),
+        ({"models__0__front_ends": 8}, RenderError, "kubernetes.worker_cpus_per_accelerator",
+         "needs 8 (1 for 1 engine worker(s) at placement.cpus_per_worker=1 + 7 for models[0].front_ends=8 beyond the "
+         "first); raise it by 2 to 8, or lower models[0].front_ends"),
         ({"models__0__placement__accelerator": "TPU"}, RenderError, "models[0].placement.accelerator", "GPU"),
         ({"kubernetes__autoscaler_idle_timeout_s": 60}, ConfigError, "kubernetes.autoscaler_idle_timeout_s",
          "must be >= model_cold_start_s"),

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cluster.planner import Layout, LayoutError, plan_layout, resolve_parallelism
+from cluster.planner import Layout, LayoutError, bundles_for, plan_layout, resolve_parallelism
 from cluster.ray_cluster import local_ray_cpus
 from serve_app.errors import ConfigError
 from serve_app.schema import Parallelism, parse_config
@@ -50,3 +50,50 @@ def test_local_ray_counts_an_auto_models_planned_workers_not_one():
     need = int(cfg.models[0].placement.cpus_per_worker * workers * 4) + 2
     assert local_ray_cpus(cfg) == max(os.cpu_count() or 1, need)
     assert local_ray_cpus([cfg, cfg]) == local_ray_cpus(cfg)  # the largest config, not the sum
+
+
+# ---- front ends: resolved once into Layout.front_ends, their CPUs reserved in bundle 0 -------------------------
+
+MIXTRAL_TP8 = {"name": "mixtral", "source": "mistralai/Mixtral-8x7B-v0.1", "parallelism": {"tensor": 8},
+               "max_model_len": 8192, "placement": {"accelerator_type": "A100-80G", "accelerators_per_node": 8}}
+
+
+@pytest.mark.parametrize("placement, front_ends", [
+    ({"accelerator": "CPU"}, 1),
+    ({"accelerator": "CPU", "cpus_per_worker": 16}, 1),  # CPU engine workers run the model on those cores
+    ({"cpus_per_worker": 1}, 1),   # 8 GPUs x 1 CPU = 8 bundle CPUs
+    ({"cpus_per_worker": 2}, 2),   # 16 bundle CPUs
+    ({"cpus_per_worker": 3}, 3),   # 24
+    ({"cpus_per_worker": 16}, 8),  # 128 bundle CPUs: capped at 8
+])
+def test_auto_front_ends_follow_the_replicas_cpus(placement, front_ends):
+    m = _model(**{**MIXTRAL_TP8, "placement": {**MIXTRAL_TP8["placement"], **placement}})
+    if m.placement.on_cpu:
+        m = _model(name="t", source="tiny:dense", placement=placement)
+    assert m.front_ends == "auto"
+    assert plan_layout(m).front_ends == front_ends
+
+
+@pytest.mark.parametrize("placement, explicit", [({"accelerator": "CPU"}, 3), ({"cpus_per_worker": 16}, 1),
+                                                 ({"cpus_per_worker": 1}, 16)])
+def test_an_explicit_front_ends_wins_over_auto(placement, explicit):
+    m = _model(**{**MIXTRAL_TP8, "front_ends": explicit, "placement": {**MIXTRAL_TP8["placement"], **placement}})
+    assert plan_layout(m).front_ends == explicit
+
+
+@pytest.mark.parametrize("front_ends", [1, 2, 3, 8])
+def test_bundle_0_holds_one_cpu_per_extra_front_end_and_the_others_do_not_change(front_ends):
+    m = _model(**{**MIXTRAL_TP8, "front_ends": front_ends})
+    layout = plan_layout(m)
+    plain = bundles_for(layout.parallelism, m.placement)
+    assert len(layout.bundles) == len(plain) == 8
+    assert layout.bundles[0] == {**plain[0], "CPU": plain[0]["CPU"] + front_ends - 1}
+    assert list(layout.bundles[1:]) == plain[1:]
+    assert layout.cpus_per_replica == sum(b["CPU"] for b in plain) + front_ends - 1
+
+
+def test_local_ray_counts_the_front_ends_cpus():
+    cpu = {"name": "t", "source": "tiny:dense", "placement": {"accelerator": "CPU"},
+           "autoscaling": {"min_replicas": 1, "max_replicas": 3}}
+    one, many = (parse_config({"models": [{**cpu, "front_ends": n}]}) for n in (1, 16))
+    assert local_ray_cpus(many) == max(os.cpu_count() or 1, local_ray_cpus(one) + 15 * 3)

@@ -13,12 +13,13 @@ holds a pod that no replica can use.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from cluster.k8s.errors import RenderError
-from cluster.planner import LayoutError, bundles_for, plan_layout
-from serve_app.schema import AppConfig, KubernetesConfig, ModelConfig, Parallelism
+from cluster.planner import Layout, LayoutError, plan_layout
+from serve_app.schema import AppConfig, KubernetesConfig, ModelConfig
 
 __all__ = [
     "WorkerLayout", "gpus_per_replica", "group_name_for", "per_pod_share", "resolve_for_kubernetes", "worker_layout",
@@ -69,27 +70,33 @@ def group_name_for(model_name: str) -> str:
 
 
 def resolve_for_kubernetes(config: AppConfig) -> AppConfig:
-    """Return `config` with every `parallelism: auto` replaced by the capacity planner's choice.
+    """Return `config` with every `parallelism: auto` and `front_ends: auto` replaced by the planner's choice.
 
     Pods are sized before any GPU node exists, so the plan is made here, for one node of
     `placement.accelerators_per_node` x `placement.accelerator_type`, and the rendered Serve
-    config pins it: the cluster runs exactly the layout its pods were sized for.
+    config pins it: the cluster runs exactly the layout (and the front-end count, whose CPUs are
+    in the pod) its pods were sized for, never a re-resolved `auto`.
     Raises RenderError when the plan cannot be made.
     """
-    if all(m.parallelism != "auto" for m in config.models):
+    if not any(_has_auto(m) for m in config.models):
         return config
     models = []
     for i, m in enumerate(config.models):
-        if m.parallelism == "auto":
-            m = m.model_copy(update={"parallelism": _planned(m, config, index=i)})
+        if _has_auto(m):
+            layout = _planned(m, config, index=i)
+            m = m.model_copy(update={"parallelism": layout.parallelism, "front_ends": layout.front_ends})
         models.append(m)
     return config.model_copy(update={"models": tuple(models)})
 
 
-def _planned(model: ModelConfig, config: AppConfig, *, index: int) -> Parallelism:
+def _has_auto(model: ModelConfig) -> bool:
+    return model.parallelism == "auto" or model.front_ends == "auto"
+
+
+def _planned(model: ModelConfig, config: AppConfig, *, index: int) -> Layout:
     # Pods are sized before any GPU node exists: plan for one node of the config's accelerators.
     try:
-        return plan_layout(model, extra_accelerators=config.accelerators, where=f"models[{index}]").parallelism
+        return plan_layout(model, extra_accelerators=config.accelerators, where=f"models[{index}]")
     except LayoutError as e:
         raise RenderError(e.field, e.message) from None
 
@@ -101,8 +108,9 @@ def worker_layout(model: ModelConfig, kube: KubernetesConfig, *, index: int) -> 
     """
     where = f"models[{index}]"
     p, par = model.placement, model.parallelism
-    if par == "auto":
-        raise RenderError(f"{where}.parallelism", "auto must be resolved first (resolve_for_kubernetes)")
+    for field in ("parallelism", "front_ends"):
+        if getattr(model, field) == "auto":
+            raise RenderError(f"{where}.{field}", "auto must be resolved first (resolve_for_kubernetes)")
     accel = p.accelerator.upper()
     if accel not in ("GPU", "CPU"):
         raise RenderError(
@@ -121,14 +129,7 @@ def worker_layout(model: ModelConfig, kube: KubernetesConfig, *, index: int) -> 
         raise RenderError(f"{where}.placement.strategy", "STRICT_PACK keeps a replica on one pod, but it needs "
                           f"{pods_per_replica} pods; use PACK or auto")
     cpus = kube.worker_cpus_per_accelerator * per_pod
-    # The planner's bundles for this pod's share of the replica (the replica actor lives in bundle 0).
-    need = sum(b.get("CPU", 0.0) for b in bundles_for(par, p)[:per_pod])
-    if cpus < need:
-        raise RenderError(
-            "kubernetes.worker_cpus_per_accelerator",
-            f"{kube.worker_cpus_per_accelerator:g} x {per_pod} = {cpus:g} CPUs per pod of {model.name!r}, but the "
-            f"pod's placement-group bundles need {need:g} (placement.cpus_per_worker={p.cpus_per_worker:g}); raise it",
-        )
+    _check_pod_cpus(model, kube, per_pod=per_pod, cpus=cpus, where=where)
     if on_gpu and p.schedule_timeout_s < kube.model_cold_start_s:
         # KubeRay starts the group's pods with the RayService, but a cloud may need minutes to add a GPU
         # node; the app's placement probe must outwait that or the first deploy (and each upgrade) fails.
@@ -150,6 +151,33 @@ def worker_layout(model: ModelConfig, kube: KubernetesConfig, *, index: int) -> 
         cpus_per_pod=cpus,
         memory_gib_per_pod=kube.worker_memory_gib_per_accelerator * per_pod,
         accelerator_type=p.accelerator_type,
+    )
+
+
+def _check_pod_cpus(model: ModelConfig, kube: KubernetesConfig, *, per_pod: int, cpus: float, where: str) -> None:
+    """Raise RenderError unless a pod of `cpus` holds the share of a replica that includes bundle 0."""
+    # Every pod of the group comes from one template and Ray picks the pod that gets bundle 0 (the
+    # replica actor and its extra front ends, plan_layout), so every pod must fit that share: the
+    # first per_pod bundles. On a replica over several pods the others keep front_ends - 1 CPUs
+    # spare; that is the price of one worker group per model (a group of its own for the bundle-0
+    # pod would need its own replica-aligned counts). The pod request stays this field times the
+    # accelerators, not that plus the front ends: the field is sized to the GPU node's allocatable
+    # CPUs, and a pod grown past it would fit no node. So the front ends must fit in it, or we say
+    # by how much to raise it.
+    bundles = plan_layout(model, where=where).bundles  # nothing auto is left: this resolves nothing
+    need = sum(b.get("CPU", 0.0) for b in bundles[:per_pod])
+    if cpus >= need:
+        return
+    extra = model.front_ends - 1
+    to = math.ceil(need / per_pod * 1000) / 1000  # millicores, as the request is written
+    why = f"{need - extra:g} for {per_pod} engine worker(s) at placement.cpus_per_worker={model.placement.cpus_per_worker:g}"
+    if extra:
+        why += f" + {extra} for {where}.front_ends={model.front_ends} beyond the first"
+    raise RenderError(
+        "kubernetes.worker_cpus_per_accelerator",
+        f"{kube.worker_cpus_per_accelerator:g} x {per_pod} = {cpus:g} CPUs per pod of {model.name!r}, but the pod "
+        f"holding the replica's bundle 0 needs {need:g} ({why}); raise it by {to - kube.worker_cpus_per_accelerator:g} "
+        f"to {to:g}" + (f", or lower {where}.front_ends" if extra else ""),
     )
 
 

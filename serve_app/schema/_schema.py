@@ -137,12 +137,13 @@ class ModelConfig(Frozen):
         "of the replica. auto = 1 with CPU engine workers (they need the cores), else one per 8 CPUs of the "
         "replica's bundles, 1 to 8 (cluster.planner.layout)."))
 
-    @field_validator("front_ends")
+    @field_validator("front_ends", mode="before")
     @classmethod
-    def _front_ends_range(cls, v: int | str) -> int | str:
-        if v != "auto" and not 1 <= v <= 16:
-            raise ValueError(f"front_ends={v}: must be 1 to 16 processes or auto")
-        return v
+    def _front_ends_range(cls, v: Any) -> Any:
+        # Before the int | "auto" union: a bad value gets one error with the rule, not one per union member.
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 16):
+            return v
+        raise ValueError("must be 1 to 16 front-end processes per engine, or auto")
 
     @field_validator("source")
     @classmethod
