@@ -10,6 +10,8 @@ the replica), differing only in the config's `telemetry` block:
     off-b   the same again, a second stack: the A/A pair whose difference is the run's noise
     0.01 …  telemetry: {otlp_endpoint: <a receiver of ours>, sampling_ratio: R}
             (replica's SDK provider + vLLM's own request tracing, batched OTLP/HTTP export)
+    --without NAME (issue 16 item 2, tracing off): the shipped stack with one piece of the replica's
+            per-request work off, each alone (WITHOUT below: a public setting, or bench._experiments)
 
     one OtlpSink per variant (bench._otlp_sink, threads of this process) ◄── spans
     start every variant at once ──► first chat completion each ──► warm-up each
@@ -43,6 +45,13 @@ from bench.serving_overhead import _machine, _versions, wait_ready
 __all__ = ["main", "parse_args", "variant_telemetry"]
 
 
+# --without NAME: (label, bench._experiments names, the config's telemetry block)
+WITHOUT = {
+    "access-log": ("without Serve's access log", ("no-access-log",), None),
+    "engine-metrics": ("without vLLM's metrics via Ray", (), {"engine_metrics": False}),
+}
+
+
 def _log(msg: str) -> None:
     print(f"[tracing-cost {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -64,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--levels", default="32", help="Concurrency levels (closed-loop users).")
     ap.add_argument("--no-control", dest="control", action="store_false",
                     help="Leave out the second tracing-off stack (the A/A pair that sets the noise band).")
+    ap.add_argument("--without", default="", help=f"Comma-separated replica pieces to measure off, each alone: {', '.join(WITHOUT)}.")
     ap.add_argument("--rounds", type=int, default=4, help="Rounds; each measures every variant once per level.")
     ap.add_argument("--duration", type=float, default=10.0, help="Seconds of load per run.")
     ap.add_argument("--warmup", type=float, default=5.0, help="Seconds of warm-up load per variant (not reported).")
@@ -76,6 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.levels = [int(x) for x in args.levels.split(",") if x.strip()]
     except ValueError:
         ap.error(f"--ratios {args.ratios!r} / --levels {args.levels!r}: use comma-separated numbers, e.g. 0,0.01,1 and 1,32")
+    args.without = [w.strip() for w in args.without.split(",") if w.strip()]
+    if unknown := [w for w in args.without if w not in WITHOUT]:
+        ap.error(f"--without {','.join(unknown)}: unknown; use some of {', '.join(WITHOUT)}")
     if any(not 0.0 <= r <= 1.0 for r in args.ratios) or not args.levels or min(args.levels) < 1 or args.rounds < 1:
         ap.error("--ratios must lie in [0, 1], --levels be integers >= 1 and --rounds >= 1")
     return args
@@ -121,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         tel = variant_telemetry(r, sinks[k].url if k in sinks else "")
         doc["variants"][k]["telemetry"] = tel
         specs[k] = build_stack("fleetserve", settings, work_dir=out / k, telemetry=tel)
+    for name in args.without:
+        label, experiments, tel = WITHOUT[name]
+        k = f"without-{name}"
+        keys.append(k)
+        doc["variants"][k] = {"label": label, "sampling_ratio": None, "telemetry": tel, "experiments": list(experiments)}
+        specs[k] = build_stack("fleetserve", settings, work_dir=out / k, experiments=experiments, telemetry=tel)
     load = dict(input_len=args.input_len, output_len=args.output_len)
     up: dict[str, tuple] = {}
     try:

@@ -98,7 +98,8 @@ class ModelServer:
         tracing = TracingSettings.resolve(spec.telemetry)
         install(tracing, resource={"fleetserve.model": spec.model.name, "fleetserve.replica": self._replica,
                                    "fleetserve.layout": layout})
-        self._engine = await start_engine(spec, traces_endpoint=tracing.endpoint, metrics_layout=layout)
+        self._engine = await start_engine(spec, traces_endpoint=tracing.endpoint,
+                                          metrics_layout=layout if spec.telemetry.engine_metrics else None)
         self._refused = Refusals(model=spec.model.name, replica=self._replica)
         self._app, self._front = wrap_engine_app(self._engine, spec, replica=self._replica, layout=layout,
                                                  on_refused=self._refused)
@@ -118,6 +119,12 @@ class ModelServer:
             self._routed, method=method, path=path, query_string=query_string, headers=headers, body=body
         ):
             yield item
+
+    def front_ends(self) -> dict[str, Any] | None:
+        """The replica's front-end processes (models[].front_ends): requests each served, which are alive.
+        None for an engine with no such notion (the simulator)."""
+        status = getattr(self._engine, "front_ends", None)
+        return status() if status is not None else None
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Report the engine's queue signals to Serve's autoscaler (custom metrics)."""

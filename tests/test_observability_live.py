@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
 from conftest import REPO, free_port, wait_until
@@ -29,6 +28,7 @@ from serve_app.schema import parse_config
 from serve_app.telemetry.metrics import ENGINE_SIGNAL_METRICS, RAY_PREFIX
 from telemetry_helpers.dashboard import dashboard_exprs, label_names, metric_names, queried_metrics
 from telemetry_helpers.otlp import otlp_receiver
+from telemetry_helpers.scrape import count_by_model, scrape
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -40,22 +40,6 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 # Per key and per gate (each replica in direct mode, the router in router mode): Locust's 4 users
 # stay under it; the dashboard test's burst of streams goes over it for a real 429.
 MAX_CONCURRENT = 6
-
-
-def scrape(url: str) -> dict[str, list]:
-    """metric sample name -> samples, from one scrape of the node's endpoint."""
-    out: dict[str, list] = {}
-    for fam in text_string_to_metric_families(httpx.get(url, timeout=10).text):
-        for s in fam.samples:
-            out.setdefault(s.name, []).append(s)
-    return out
-
-
-def count_by_model(samples: dict[str, list], name: str) -> dict[str, float]:
-    got: dict[str, float] = {}
-    for s in samples.get(name + "_count", []):
-        got[s.labels.get("model_name", "")] = got.get(s.labels.get("model_name", ""), 0) + s.value
-    return got
 
 
 @pytest.fixture(scope="module", params=["direct", "router"])

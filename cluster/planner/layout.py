@@ -91,7 +91,10 @@ def plan_layout(model: ModelConfig, *, accelerators_per_node: int | None = None,
     if executor == "auto":
         executor = "mp" if p.on_cpu or par.world_size == 1 else "ray"
     bundles = bundles_for(par, p)
-    front_ends = auto_front_ends(bundles, on_cpu=p.on_cpu) if model.front_ends == "auto" else model.front_ends
+    if model.front_ends != "auto":
+        front_ends = model.front_ends
+    else:  # the simulator has no OpenAI front end to multiply
+        front_ends = auto_front_ends(bundles, on_cpu=p.on_cpu) if model.engine == "vllm" else 1
     # The extra front ends are processes of the replica actor, which sits in bundle 0: reserve their CPUs there.
     bundles[0] = {**bundles[0], "CPU": bundles[0].get("CPU", 0.0) + (front_ends - 1)}
     return Layout(parallelism=par, bundles=tuple(bundles), strategy=strategy_for(par, p, accelerators_per_node=per_node),

@@ -25,7 +25,7 @@ from serve_app.engines.registry import EngineSpec
 from serve_app.errors import EngineError
 from serve_app.telemetry.requests import current_request
 
-__all__ = ["VLLMEngine", "build_vllm_args"]
+__all__ = ["VLLMEngine", "ServerStop", "build_vllm_args"]
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def _stats_logger_factory(holder: _QueueStats):
     return QueueStatsLogger
 
 
-class _ServerStop:
+class ServerStop:
     """Stands in for the uvicorn server vLLM's error handler sets `should_exit` on."""
 
     should_exit = False
@@ -170,10 +170,11 @@ class _ServerStop:
 class VLLMEngine:
     """A started vLLM engine and the OpenAI app in front of it."""
 
-    def __init__(self, engine_client, asgi_app, stats: _QueueStats):
+    def __init__(self, engine_client, asgi_app, stats: _QueueStats, pool=None):
         self._engine = engine_client
-        self.asgi_app = asgi_app
+        self.asgi_app = asgi_app  # vLLM's app, or with front_ends > 1 the pool that spreads requests over them
         self._stats = stats
+        self.pool = pool  # serve_app.engines.front_ends.FrontEndPool, or None with one front end
 
     @classmethod
     async def start(cls, spec: EngineSpec) -> "VLLMEngine":
@@ -181,14 +182,16 @@ class VLLMEngine:
         args = build_vllm_args(spec.model, model_dir=spec.model_dir, parallelism=spec.layout.parallelism,
                                executor=spec.layout.executor, field_prefix=spec.where,
                                traces_endpoint=spec.traces_endpoint)
-        return await cls.start_from_args(args, layout=spec.metrics_layout)
+        return await cls.start_from_args(args, layout=spec.metrics_layout, front_ends=spec.layout.front_ends)
 
     @classmethod
-    async def start_from_args(cls, args: Namespace, *, layout: str | None = None) -> "VLLMEngine":
+    async def start_from_args(cls, args: Namespace, *, layout: str | None = None, front_ends: int = 1) -> "VLLMEngine":
         """Start AsyncLLM from `args` (see build_vllm_args) and build vLLM's OpenAI app on it.
 
         With `layout` (inside Ray), vLLM's metrics go to Ray's metrics agent under vLLM's names
         with a `layout` label (serve_app.telemetry.metrics); without, none are exported.
+        With `front_ends` > 1 the engine core takes that many clients: this process is front
+        end 0, the others are processes of its own (serve_app.engines.front_ends).
         """
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -203,15 +206,21 @@ class VLLMEngine:
 
             loggers.append(vllm_stat_logger(layout))
         engine_args = AsyncEngineArgs.from_cli_args(args)
+        children: list = []
         try:
-            vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
-            engine = AsyncLLM.from_vllm_config(
-                vllm_config=vllm_config,
-                usage_context=UsageContext.OPENAI_API_SERVER,
-                stat_loggers=loggers,
-                enable_log_requests=engine_args.enable_log_requests,
-                disable_log_stats=False,  # our stats logger needs the scheduler stats
-            )
+            if front_ends > 1:
+                from serve_app.engines.front_ends import start_engine_core
+
+                engine, children = start_engine_core(engine_args, count=front_ends, stat_loggers=loggers, args=args)
+            else:
+                vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+                engine = AsyncLLM.from_vllm_config(
+                    vllm_config=vllm_config,
+                    usage_context=UsageContext.OPENAI_API_SERVER,
+                    stat_loggers=loggers,
+                    enable_log_requests=engine_args.enable_log_requests,
+                    disable_log_stats=False,  # our stats logger needs the scheduler stats
+                )
         except Exception as e:  # vLLM raises many types here; keep its message, add ours
             raise EngineError(f"vLLM engine for {args.served_model_name[0]!r} failed to start: {e}") from e
         # Prompt tokens of requests still in prefill (vLLM's own count, as its max_num_queued_tokens
@@ -224,8 +233,29 @@ class VLLMEngine:
         # vLLM's engine-error handler stops "the server" when the engine dies (it expects its own
         # uvicorn in app.state.server; without one it raised AttributeError, a 500). Here the
         # replica is the server: EngineGuard answers 503 and Serve's health check replaces it.
-        app.state.server = _ServerStop()
-        return cls(engine, app, holder)
+        app.state.server = ServerStop()
+        if not children:
+            return cls(engine, app, holder)
+        from serve_app.engines.front_ends import open_pool
+
+        local_queued = engine.get_num_queued_tokens
+        try:
+            # The children's steps and requests reach this process's loggers as if they were its own.
+            pool = await open_pool(app, children, engine.logger_manager.record)
+        except Exception as e:
+            engine.shutdown()
+            raise EngineError(f"vLLM front ends for {args.served_model_name[0]!r} failed to start: {e}") from e
+        holder.queued_tokens = lambda: local_queued() + pool.queued_tokens()
+        return cls(engine, pool, holder, pool)
+
+    def front_ends(self) -> dict[str, Any]:
+        """Requests per front-end process and which are alive (FrontEndPool.status); one front end: this process."""
+        import os
+
+        if self.pool is not None:
+            return self.pool.status()
+        return {"front_ends": 1, "alive": 1, "requests": None, "resent": 0, "pids": [os.getpid()],
+                "alive_pids": [os.getpid()]}
 
     def stats(self) -> EngineStats:
         """Return the latest scheduler signals."""
@@ -236,9 +266,16 @@ class VLLMEngine:
         return not self._engine.errored
 
     async def check_health(self) -> None:
-        """Raise if the engine core is dead."""
-        await self._engine.check_health()
+        """Raise if the engine core is dead (then the other front ends are stopped too: they serve nothing)."""
+        try:
+            await self._engine.check_health()
+        except Exception:
+            if self.pool is not None:
+                self.pool.stop()
+            raise
 
     def shutdown(self) -> None:
-        """Stop the engine core and its workers."""
+        """Stop the front ends, the engine core and its workers."""
+        if self.pool is not None:
+            self.pool.stop()
         self._engine.shutdown()

@@ -176,6 +176,9 @@ class ModelConfig(Frozen):
                     f"max_model_len={self.max_model_len} exceeds the model's max_position_embeddings="
                     f"{shape.max_position_embeddings}; lower it",
                 )
+        if self.engine == "sim" and self.front_ends not in ("auto", 1):
+            raise FieldError("front_ends", f"front_ends={self.front_ends} needs engine: vllm (the simulator has no "
+                             "OpenAI front end to run twice); remove it or set 1")
         p = self.placement
         if p.on_cpu and p.executor == "ray":
             raise FieldError("placement.executor", "executor=ray is refused by vLLM on the CPU platform; use mp or auto")
@@ -254,6 +257,10 @@ class TelemetryConfig(Frozen):
         "File each model replica appends one JSON line to per finished request (arrival, model, tokens, TTFT, "
         "E2E, status, replica, trace id; never a key or prompt text); the replay's `jsonl` trace format. "
         "'-' writes the lines to the replica's log instead; none: off."))
+    engine_metrics: bool = Field(True, description=(
+        "Export vLLM's own metrics (TTFT, ITL, E2E, queue, KV use; the Grafana dashboard's engine panels) through "
+        "Ray's metrics agent. Off saves the replica the Ray metric calls of every engine step; the autoscaling "
+        "signals and fleetserve's own metrics stay (cost measured in BENCHMARKS.md, issue 16 item 2)."))
 
 
 class LocalRayConfig(Frozen):

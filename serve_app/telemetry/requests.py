@@ -13,6 +13,7 @@ the API's no-op ones; the request log and the client's trace id still work.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -21,7 +22,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -29,7 +30,7 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-__all__ = ["RequestTelemetry", "RequestRecord", "RequestLog", "current_request", "OPERATIONS", "LOG_FIELDS"]
+__all__ = ["RequestTelemetry", "RequestRecord", "RequestLog", "current_request", "serving", "OPERATIONS", "LOG_FIELDS"]
 
 log = logging.getLogger("ray.serve")
 
@@ -51,6 +52,20 @@ LOG_FIELDS = ("timestamp_s", "model", "route", "status", "prompt_tokens", "outpu
 def current_request() -> "RequestRecord | None":
     """The record of the request this task serves, for the engine to fill (None outside a request)."""
     return _current.get()
+
+
+@contextlib.contextmanager
+def serving(record: Any) -> Iterator[None]:
+    """Make `record` (anything with RequestRecord.engine_output) the current request's for the engine adapter.
+
+    RequestTelemetry does this for every request of a replica; another front-end process does it
+    with a record that hands the numbers back to front end 0 (serve_app/engines/_front_end_proc.py).
+    """
+    token = _current.set(record)
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 @dataclass
