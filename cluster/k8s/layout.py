@@ -8,7 +8,9 @@ group bundle each). A pod is one Ray node, so it holds the per-node share of tha
     else (TP spans nodes, TP a multiple of node size)   ->  one pod = one full node
 
 and the group's pod counts are whole multiples of pods_per_replica, so the Ray autoscaler never
-holds a pod that no replica can use.
+holds a pod that no replica can use. A pod's CPUs (kubernetes.worker_cpus_per_accelerator x its
+accelerators) must hold the share of the replica's bundles that includes bundle 0, where the
+replica's extra front ends sit (_check_pod_cpus).
 """
 
 from __future__ import annotations

@@ -141,7 +141,8 @@ class KubernetesConfig(Frozen):
         description="Extra `ray start` flags of the head (without --); num-gpus is always 0.",
     )
     worker_cpus_per_accelerator: float = Field(
-        8.0, gt=0, description="CPU cores per accelerator in a worker pod (pod CPUs = this x accelerators in the pod)."
+        8.0, gt=0, description="CPU cores per accelerator in a worker pod (pod CPUs = this x accelerators in the pod); "
+        "a pod must hold the replica's bundle 0 with its extra front ends (models[].front_ends) and the rest of its share."
     )
     worker_memory_gib_per_accelerator: float = Field(
         64.0, gt=0, description="Host memory in GiB per accelerator in a worker pod (weights pass through it on load)."
