@@ -183,3 +183,64 @@ def test_a_relayed_request_s_engine_numbers_reach_front_end_0_s_record(tmp_path)
     assert got[1].startswith(b"child")
     assert (rec.prompt_tokens, rec.output_tokens, rec.finish_reason) == (5, 7, "length")
     assert pool._pending == {}
+
+
+def test_a_client_that_leaves_mid_relay_closes_the_child_s_request(tmp_path):
+    seen = asyncio.Event()
+    chunks_sent = []
+
+    async def slow_child(scope, receive, send):  # a long stream; vLLM aborts when it sees the disconnect
+        await receive()
+
+        async def watch():
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            seen.set()
+
+        watcher = asyncio.create_task(watch())
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for i in range(600):
+            if seen.is_set():
+                break
+            chunks_sent.append(i)
+            await send({"type": "http.response.body", "body": b"data: x\n\n", "more_body": True})
+            await asyncio.sleep(0.05)
+        watcher.cancel()
+
+    async def run():
+        uds = str(tmp_path / "fe-1.sock")
+        server = uvicorn.Server(uvicorn.Config(slow_child, uds=uds, log_level="warning", lifespan="off"))
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        child = _Child(index=1, process=_Process(), conn=None, uds=uds,
+                       session=aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=uds)))
+        pool = FrontEndPool(_app("local"), [child])
+        pool.local_in_flight = 1
+        calls = 0
+
+        async def receive():  # the body, then the client leaves after a few chunks
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return {"type": "http.request", "body": b"{}", "more_body": False}
+            while len(chunks_sent) < 3:
+                await asyncio.sleep(0.01)
+            return {"type": "http.disconnect"}
+
+        async def send(msg):
+            pass
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+                 "query_string": b"", "headers": []}
+        try:
+            await pool(scope, receive, send)
+            await asyncio.wait_for(seen.wait(), 30)
+        finally:
+            await child.session.close()
+            server.should_exit = True
+            await task
+        return pool
+
+    pool = asyncio.run(run())
+    assert seen.is_set() and len(chunks_sent) < 600 and pool.children[0].in_flight == 0

@@ -131,7 +131,8 @@ class FrontEndPool:
         self.served[child.index] += 1
         relay_id, reported = self._expect_report()
         try:
-            await _relay(child, scope, body, relay_send, relay_id)
+            if not await _until_disconnect(_relay(child, scope, body, relay_send, relay_id), receive):
+                return  # the client left: closing the relay makes the child's vLLM abort the request
             if reported is not None and not reported.is_set():
                 try:
                     await asyncio.wait_for(reported.wait(), REPORT_WAIT_S)
@@ -233,6 +234,31 @@ async def _read_body(receive) -> bytes:
         if not msg.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+async def _until_disconnect(work, receive) -> bool:
+    """Run `work` unless the client disconnects first (then cancel it); True when it ran to its end.
+
+    vLLM aborts a request whose client has gone only in the process that serves it: the relay
+    passes the disconnect on by closing its connection to the child.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False
+    task.result()  # re-raise the relay's error, if any
+    return True
 
 
 def _replay_body(body: bytes):
