@@ -106,7 +106,8 @@ class ModelServer:
         self._routed = self._front(self._app)
         # Keep a reference: the loop holds tasks weakly.
         self._signals = asyncio.get_running_loop().create_task(report_engine_signals(
-            self._engine.stats, model=spec.model.name, replica=self._replica, layout=layout))
+            self._engine.stats, model=spec.model.name, replica=self._replica, layout=layout,
+            front_ends=self.front_ends))
         par = spec.layout.parallelism
         log.info("fleetserve: %s ready (engine=%s tp=%d pp=%d ep=%d executor=%s)", spec.model.name,
                  spec.engine.__name__, par.tensor, par.pipeline, par.expert, spec.layout.executor)

@@ -71,6 +71,11 @@ async def _chat(client: httpx.AsyncClient, *, stream: bool, tokens: int) -> tupl
     return r.status_code, got if done else -1
 
 
+def _front_end_gauge(metrics: str) -> dict[str, float]:
+    """state -> value of the replica's ray_fleetserve_front_ends gauge in one scrape."""
+    return {s.labels["state"]: s.value for s in scrape(metrics).get("ray_fleetserve_front_ends", [])}
+
+
 def _front_end_processes() -> list[psutil.Process]:
     """fleetserve's extra front-end processes under this app's replica (by the title they set)."""
     [replica] = replica_processes(APP)
@@ -107,13 +112,16 @@ def test_streams_are_served_by_both_front_end_processes(app):
 
     wait_until(counted, timeout_s=60, interval_s=2, what="vLLM's request counts to equal the requests served")
 
+    wait_until(lambda: _front_end_gauge(metrics) == {"configured": 2, "alive": 2}, timeout_s=30, interval_s=1,
+               what="the front-end gauge to say 2 configured, 2 alive")
+
     # The request log (front end 0 writes it) has each stream's engine numbers, whichever front end served it.
     lines = [json.loads(x) for x in log_path.read_text().splitlines() if '"/v1/chat/completions"' in x]
     assert len(lines) == 16 and all(x["output_tokens"] == 16 and x["prompt_tokens"] for x in lines), lines
 
 
 def test_killing_a_front_end_process_loses_no_plain_request(app):
-    url, _, _ = app
+    url, metrics, _ = app
     [child] = _front_end_processes()
     before = _status()
 
@@ -132,6 +140,8 @@ def test_killing_a_front_end_process_loses_no_plain_request(app):
     results = asyncio.run(run())
     assert results == [(200, 128)] * 12, results
     wait_until(lambda: _status()["alive"] == 1, timeout_s=30, what="the pool to drop the killed front end")
+    wait_until(lambda: _front_end_gauge(metrics) == {"configured": 2, "alive": 1}, timeout_s=30, interval_s=1,
+               what="the front-end gauge to show the replica degraded")
     after = _status()
     print("after the kill:", after)
     assert after["resent"] - before["resent"] >= 1, after  # the kill did catch requests in flight on it

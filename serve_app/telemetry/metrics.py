@@ -13,6 +13,7 @@ PromQL `sum by (model)` aggregates over replicas. Ray prefixes each name with `r
                                                         model_name, ReplicaId, layout vLLM's own stat logger
     ray_fleetserve_engine_<signal>                      model, replica, layout        EngineStats (base.SIGNALS)
     ray_fleetserve_requests_refused_total               model, replica, status, reason   gate 429, guard/router 503
+    ray_fleetserve_front_ends                           model, replica, state (configured/alive)  the replica's front ends
     ray_fleetserve_autoscaler_<gauge>                   model                         the policy adapter
     ray_fleetserve_autoscaler_decisions_total           model, direction (up/down/hold)  the policy adapter
     ray_fleetserve_autoscaler_clamps_applied_total      model, clamp                  the policy adapter
@@ -30,7 +31,7 @@ from typing import Any, Callable
 
 from serve_app.engines.base import SIGNALS, EngineStats, metric_name
 
-__all__ = ["AUTOSCALER_CLAMPS", "AUTOSCALER_DECISIONS", "AUTOSCALER_GAUGES", "ENGINE_SIGNAL_METRICS", "REFUSED",
+__all__ = ["AUTOSCALER_CLAMPS", "AUTOSCALER_DECISIONS", "AUTOSCALER_GAUGES", "ENGINE_SIGNAL_METRICS", "FRONT_ENDS", "REFUSED",
            "RAY_PREFIX", "scraped_names", "Refusals", "report_engine_signals",
            "vllm_stat_logger", "layout_label", "replica_id"]
 
@@ -40,6 +41,7 @@ RAY_PREFIX = "ray_"  # Ray's metrics agent prefixes every application metric
 _OURS = "fleetserve_"
 ENGINE_SIGNAL_METRICS = {s: _OURS + metric_name(s) for s in SIGNALS}  # e.g. fleetserve_engine_waiting_tokens
 REFUSED = _OURS + "requests_refused"  # a counter: scraped as ray_fleetserve_requests_refused_total
+FRONT_ENDS = _OURS + "front_ends"  # a gauge by state: configured, alive (models[].front_ends; alive < configured = degraded)
 # The policy adapter's metrics (serve_app/autoscaling/serve_adapter.py): one gauge per field of
 # the last decision, and two counters (scraped with `_total`).
 AUTOSCALER_GAUGES = {
@@ -57,7 +59,7 @@ _SIGNAL_PERIOD_S = 1.0
 
 def scraped_names() -> frozenset[str]:
     """Every fleetserve metric as a scrape names it: Ray's prefix, and `_total` on counters."""
-    gauges = (*ENGINE_SIGNAL_METRICS.values(), *AUTOSCALER_GAUGES.values())
+    gauges = (*ENGINE_SIGNAL_METRICS.values(), *AUTOSCALER_GAUGES.values(), FRONT_ENDS)
     return frozenset([RAY_PREFIX + g for g in gauges] + [RAY_PREFIX + c + "_total" for c in _COUNTERS])
 
 
@@ -95,18 +97,24 @@ class Refusals:
             self._counter.inc(1, tags=tags)
 
 
-async def report_engine_signals(stats: Callable[[], EngineStats], *, model: str, replica: str, layout: str) -> None:
-    """Set the engine-signal gauges every second, forever (run as a task of the replica)."""
+async def report_engine_signals(stats: Callable[[], EngineStats], *, model: str, replica: str, layout: str,
+                                front_ends: Callable[[], dict | None] | None = None) -> None:
+    """Set the engine-signal gauges (and, given `front_ends`, the front-end gauge) every second, forever."""
     from ray.util.metrics import Gauge
 
     tags = {"model": model, "replica": replica, "layout": layout}
     gauges = {s: Gauge(name, f"Engine signal `{s}` (serve_app.engines.base) of one replica.",
                        tag_keys=tuple(tags)) for s, name in ENGINE_SIGNAL_METRICS.items()}
+    fe_gauge = Gauge(FRONT_ENDS, "OpenAI front-end processes of one replica's engine, configured and alive.",
+                     tag_keys=("model", "replica", "state"))
     while True:
         try:
             snap = stats()
             for s, g in gauges.items():
                 g.set(float(getattr(snap, s)), tags=tags)
+            if front_ends is not None and (fe := front_ends()) is not None:
+                for state, value in (("configured", fe["front_ends"]), ("alive", fe["alive"])):
+                    fe_gauge.set(float(value), tags={"model": model, "replica": replica, "state": state})
         except Exception as e:  # noqa: BLE001 - metrics must never take the replica down
             log.warning("fleetserve: engine signal metrics failed: %r", e)
         await asyncio.sleep(_SIGNAL_PERIOD_S)  # a reporting period, not a wait for a condition
