@@ -36,14 +36,15 @@ from argparse import Namespace
 from dataclasses import dataclass, field
 from typing import Any
 
+from serve_app.ingress.gate import replay_body
+from serve_app.ingress.guard import GENERATION_PATHS
+from serve_app.telemetry.requests import current_request
+
 __all__ = ["FrontEndPool", "open_pool", "start_engine_core"]
 
 log = logging.getLogger("ray.serve")
 
-# Routes the pool spreads: the ones whose cost grows with tokens. /v1/models, tokenize, health
-# answer from front end 0 (cheap, and they must work while the others start or die).
 RELAY_ID = "x-fleetserve-relay-id"  # front end 0's key for a relayed request's engine numbers
-SPREAD_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"})
 _HOP_BY_HOP = frozenset({b"host", b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"upgrade",
                          RELAY_ID.encode()})
 _HOP_BY_HOP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding"})
@@ -114,7 +115,9 @@ class FrontEndPool:
         return best[2]
 
     async def __call__(self, scope: dict, receive, send) -> None:
-        if scope["type"] != "http" or scope.get("path") not in SPREAD_PATHS:
+        # Only the routes that reach the engine (their cost grows with tokens) are spread; /v1/models,
+        # tokenize, health answer from front end 0 (cheap, and they must work while the others start or die).
+        if scope["type"] != "http" or scope.get("path") not in GENERATION_PATHS:
             return await self.local_app(scope, receive, send)
         child = self._pick()
         if child is None:
@@ -149,12 +152,10 @@ class FrontEndPool:
         finally:
             child.in_flight -= 1
             self._pending.pop(relay_id, None)
-        await self._local(scope, _replay_body(body), send)
+        await self._local(scope, replay_body(body, receive), send)  # the client's disconnect still reaches vLLM
 
     def _expect_report(self) -> tuple[str, asyncio.Event | None]:
         """A relay id, and the Event set when the child reports the request's engine numbers (None: no record)."""
-        from serve_app.telemetry.requests import current_request
-
         relay_id = uuid.uuid4().hex
         rec = current_request()
         if rec is None:
@@ -259,19 +260,6 @@ async def _until_disconnect(work, receive) -> bool:
         return False
     task.result()  # re-raise the relay's error, if any
     return True
-
-
-def _replay_body(body: bytes):
-    sent = False
-
-    async def receive() -> dict:
-        nonlocal sent
-        if sent:
-            await asyncio.Event().wait()  # as a live connection: no disconnect until the response ends
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive
 
 
 async def _relay(child: _Child, scope: dict, body: bytes, send, relay_id: str) -> None:

@@ -168,7 +168,7 @@ class Gate:
             body = await self._read_body(scope, receive, send)
             if body is None:
                 return
-            receive = _replay(body, receive)
+            receive = replay_body(body, receive)
         if key_id is not None and self._limiter is not None:
             verdict = self._limiter.acquire(key_id, time.monotonic())
             if not verdict.ok:
@@ -259,7 +259,7 @@ def _bearer(scope: dict) -> str | None:
     return value[7:].strip()
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay_body(body: bytes, receive: Receive) -> Receive:
     """A receive that hands the app the body read already, then passes disconnects through."""
     sent = False
 
