@@ -74,13 +74,14 @@ async def _call(pool, path: str, body: bytes = b"{}") -> tuple[int, bytes]:
     return status, b"".join(m.get("body", b"") for m in out if m["type"] == "http.response.body")
 
 
-async def _with_child(tmp_path, fn, *, chunks: int = 1):
+async def _with_child(tmp_path, fn, *, chunks: int = 1, child_app=None, conn=None):
+    """Run fn(pool, child) with front end 1 = `child_app` (default: _app("child", chunks)) on a real Unix socket."""
     uds = str(tmp_path / "fe-1.sock")
-    server = uvicorn.Server(uvicorn.Config(_app("child", chunks), uds=uds, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(child_app or _app("child", chunks), uds=uds, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
-    child = _Child(index=1, process=_Process(), conn=None, uds=uds,
+    child = _Child(index=1, process=_Process(), conn=conn, uds=uds,
                    session=aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=uds), auto_decompress=False))
     pool = FrontEndPool(_app("local"), [child])
     try:
@@ -156,15 +157,7 @@ def test_a_relayed_request_s_engine_numbers_reach_front_end_0_s_record(tmp_path)
                                             "finish_reason": "length"})))
         await _app("child")(scope, receive, send)
 
-    async def run():
-        uds = str(tmp_path / "fe-1.sock")
-        server = uvicorn.Server(uvicorn.Config(child_app, uds=uds, log_level="warning", lifespan="off"))
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.01)
-        child = _Child(index=1, process=_Process(), conn=read, uds=uds,
-                       session=aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=uds)))
-        pool = FrontEndPool(_app("local"), [child])
+    async def run(pool, child):
         loop = asyncio.get_running_loop()
         loop.add_reader(read.fileno(), pool.on_message, child, loop, lambda *a: None)
         pool.local_in_flight = 1  # send it to the child
@@ -174,12 +167,9 @@ def test_a_relayed_request_s_engine_numbers_reach_front_end_0_s_record(tmp_path)
                 got = await _call(pool, "/v1/completions")
         finally:
             loop.remove_reader(read.fileno())
-            await child.session.close()
-            server.should_exit = True
-            await task
         return got, rec, pool
 
-    got, rec, pool = asyncio.run(run())
+    got, rec, pool = asyncio.run(_with_child(tmp_path, run, child_app=child_app, conn=read))
     assert got[1].startswith(b"child")
     assert (rec.prompt_tokens, rec.output_tokens, rec.finish_reason) == (5, 7, "length")
     assert pool._pending == {}
@@ -207,15 +197,7 @@ def test_a_client_that_leaves_mid_relay_closes_the_child_s_request(tmp_path):
             await asyncio.sleep(0.05)
         watcher.cancel()
 
-    async def run():
-        uds = str(tmp_path / "fe-1.sock")
-        server = uvicorn.Server(uvicorn.Config(slow_child, uds=uds, log_level="warning", lifespan="off"))
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.01)
-        child = _Child(index=1, process=_Process(), conn=None, uds=uds,
-                       session=aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=uds)))
-        pool = FrontEndPool(_app("local"), [child])
+    async def run(pool, child):
         pool.local_in_flight = 1
         calls = 0
 
@@ -233,14 +215,9 @@ def test_a_client_that_leaves_mid_relay_closes_the_child_s_request(tmp_path):
 
         scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
                  "query_string": b"", "headers": []}
-        try:
-            await pool(scope, receive, send)
-            await asyncio.wait_for(seen.wait(), 30)
-        finally:
-            await child.session.close()
-            server.should_exit = True
-            await task
+        await pool(scope, receive, send)
+        await asyncio.wait_for(seen.wait(), 30)
         return pool
 
-    pool = asyncio.run(run())
+    pool = asyncio.run(_with_child(tmp_path, run, child_app=slow_child))
     assert seen.is_set() and len(chunks_sent) < 600 and pool.children[0].in_flight == 0
