@@ -47,7 +47,7 @@ from bench._load import locust_run
 from bench._measure import busiest_front_end_process_s, cpu_by_process, cpu_by_role
 from bench._probe import stream_probe
 from bench._stacks import EngineSettings, StackSpec, build_stack
-from bench.serving_overhead import IDLE_SETTLE_S, _machine, _versions, start_stack
+from bench.serving_overhead import IDLE_SETTLE_S, _machine, _versions, bring_up
 
 __all__ = ["main", "parse_stack_key", "rotate"]
 
@@ -91,14 +91,10 @@ def _spec(key: str, settings: EngineSettings, out: Path) -> StackSpec:
 
 def _bring_up(spec: StackSpec, settings: EngineSettings, out: Path, result: dict) -> _procs.ProcessTree | None:
     """Start one stack; None (with result["error"]) when it did not come up (start_stack retries once)."""
-    try:
-        tree, url, startup_s = start_stack(spec, settings, out, result)
-    except Exception as e:
-        result["error"] = f"{type(e).__name__}: {e}"
-        _log(f"{spec.label}: FAILED to start: {result['error']}")
+    if (up := bring_up(spec, settings, out, result)) is None:
         return None
+    tree, url, startup_s = up
     result.update(url=url, startup_s=round(startup_s, 2))
-    _log(f"{spec.label}: first chat completion {startup_s:.1f} s after start, at {url}")
     return tree
 
 

@@ -49,7 +49,7 @@ from bench._probe import chat_ok, stream_probe
 from bench._report import render_report
 from bench._stacks import REPO, STACK_KEYS, EngineSettings, StackSpec, build_stack
 
-__all__ = ["main", "run_stack", "start_stack", "wait_ready"]
+__all__ = ["bring_up", "main", "run_stack", "start_stack", "wait_ready"]
 
 READY_TIMEOUT_S = 420.0
 IDLE_SETTLE_S = 5.0
@@ -98,6 +98,19 @@ def start_stack(spec: StackSpec, settings: EngineSettings, out: Path, result: di
     raise AssertionError("unreachable")
 
 
+def bring_up(spec: StackSpec, settings: EngineSettings, out: Path,
+             result: dict) -> tuple[_procs.ProcessTree, str, float] | None:
+    """start_stack, or None with result["error"] set (and logged) when the stack did not come up."""
+    try:
+        tree, url, startup_s = start_stack(spec, settings, out, result)
+    except Exception as e:
+        result["error"] = f"{type(e).__name__}: {e}"
+        _log(f"{spec.label}: FAILED to start: {result['error']}")
+        return None
+    _log(f"{spec.label}: first chat completion {startup_s:.1f} s after start, at {url}")
+    return tree, url, startup_s
+
+
 def cold_start(spec: StackSpec, settings: EngineSettings, out: Path) -> dict:
     """Start the stack, time its first completion, take its idle PSS, stop it: one start-up sample."""
     sample: dict = {}
@@ -129,14 +142,10 @@ def merge_starts(result: dict, samples: list[dict]) -> None:
 def run_stack(spec: StackSpec, settings: EngineSettings, args: argparse.Namespace, out: Path) -> dict:
     """Start one stack, measure it, stop it; return its results as a JSON-able dict."""
     result: dict = {"key": spec.key, "label": spec.label, "notes": list(spec.notes), "time_batched_ms": spec.time_batched_ms}
-    try:
-        tree, url, startup_s = start_stack(spec, settings, out, result)
-    except Exception as e:
-        result["error"] = f"{type(e).__name__}: {e}"
-        _log(f"{spec.label}: FAILED to start: {result['error']}")
+    if (up := bring_up(spec, settings, out, result)) is None:
         return result
+    tree, url, startup_s = up
     try:
-        _log(f"{spec.label}: first chat completion {startup_s:.1f} s after start, at {url}")
         time.sleep(IDLE_SETTLE_S)
         by_cmd = _procs.tree_pss_by_cmdline(tree.pid)
         pss_kib, nprocs = sum(k for _, k in by_cmd), len(by_cmd)
