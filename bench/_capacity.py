@@ -20,7 +20,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from bench._measure import BACKGROUND, ENGINE, FRONT_END, ROLE_GROUPS, Spread, fmt_num, fmt_ratio, fmt_spread, ratio
+from bench._measure import BACKGROUND, ENGINE, FRONT_END, ROLE_GROUPS, Spread, fmt_num, fmt_ratio, fmt_spread, ratio, run_header
 from bench._report import cpu_per_1k_tokens, level_spreads
 
 __all__ = ["PLATEAU_GAIN", "Peak", "find_peak", "peer_key", "extra_per_1k_tokens", "render_capacity_report"]
@@ -144,11 +144,9 @@ def _summary_rows(doc: dict) -> list[str]:
 
 def render_capacity_report(doc: dict) -> str:
     """Return the report in Markdown: command, machine, tok/s per level, then capacity and CPU per stack."""
-    m, load = doc["machine"], doc["load"]
+    load = doc["load"]
     lines = [
-        f"Command: `{doc['command']}`  ",
-        f"Started {doc['started']} on {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_gib']} GiB, no GPU; "
-        + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()) + ".  ",
+        *run_header(doc),
         f"Load: Locust closed loop at concurrency {', '.join(map(str, load['levels']))}, {load['duration_s']:g} s per run, "
         f"{load['input_len']} input / {load['output_len']} output tokens (ignore_eos); {load['rounds']} rounds, in each "
         "every stack in turn (the order rotates per round) started, run at every level and stopped: one stack up at a time. "

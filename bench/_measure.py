@@ -29,7 +29,7 @@ __all__ = [
     "token_times_from_reads", "StreamCheck", "check_stream", "RecordsCheck", "check_records",
     "MAX_READ_SHARE", "COLLAPSED_TAIL_FRACTION", "MIN_TOKENS_FOR_CHECK", "process_role", "cpu_by_role", "pss_by_role",
     "ROLE_GROUPS", "ENGINE", "BACKGROUND", "FRONT_END", "role_group", "cpu_by_group", "per_1k_tokens",
-    "cpu_by_process", "busiest_front_end_process_s",
+    "cpu_by_process", "busiest_front_end_process_s", "run_header",
 ]
 
 MAX_READ_SHARE = 0.5
@@ -68,6 +68,15 @@ def ratio(num: float | None, den: float | None) -> float | None:
     if num is None or den is None or den == 0:
         return None
     return num / den
+
+
+def run_header(doc: dict) -> list[str]:
+    """A report's first two lines: the command, then when and on what machine and versions it ran."""
+    m = doc["machine"]
+    return [f"Command: `{doc['command']}`  ",
+            f"Started {doc['started']} on {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_gib']} GiB, no GPU, "
+            f"kernel {m['kernel']}, Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items())
+            + ".  "]
 
 
 def fmt_num(v: float | None, *, digits: int = 0) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 
-from bench._measure import BACKGROUND, ENGINE, FRONT_END, ROLE_GROUPS, Spread, cpu_by_group, fmt_num, fmt_ratio, fmt_spread, per_1k_tokens, ratio, spread
+from bench._measure import BACKGROUND, ENGINE, FRONT_END, ROLE_GROUPS, Spread, cpu_by_group, fmt_num, fmt_ratio, fmt_spread, per_1k_tokens, ratio, spread, run_header
 
 __all__ = ["render_report", "level_spreads", "cpu_per_1k_tokens", "front_end_rows", "PEERS"]
 
@@ -188,11 +188,9 @@ def _pss_table(doc: dict) -> list[str]:
 
 def render_report(doc: dict) -> str:
     """Return the whole report: command, machine, then the tables."""
-    m, load = doc["machine"], doc["load"]
+    load = doc["load"]
     lines = [
-        f"Command: `{doc['command']}`  ",
-        f"Started {doc['started']} on {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_gib']} GiB, no GPU, "
-        f"kernel {m['kernel']}, Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()) + ".  ",
+        *run_header(doc),
         f"Load: closed loop at concurrency {', '.join(map(str, load['levels']))}; {load['reps']} repetitions per level "
         f"and load generator (Locust {load['duration_s']:g} s each; vllm bench sized to the same time); "
         f"{load['input_len']} input / {load['output_len']} output tokens, ignore_eos. Median (min–max) of repetitions.",

@@ -13,7 +13,7 @@ stack with tracing off (CONTROL) and the noise is what that A/A pair did:
 
 from __future__ import annotations
 
-from bench._measure import ENGINE, FRONT_END, Spread, cpu_by_group, fmt_num, fmt_ratio, fmt_spread, per_1k_tokens, spread
+from bench._measure import ENGINE, FRONT_END, Spread, cpu_by_group, fmt_num, fmt_ratio, fmt_spread, per_1k_tokens, spread, run_header
 
 __all__ = ["BASE", "CONTROL", "level_runs", "paired_ratios", "noise_band", "within", "render_tracing_report"]
 
@@ -105,11 +105,9 @@ def _spans_table(doc: dict) -> list[str]:
 
 def render_tracing_report(doc: dict) -> str:
     """Return the report: command, machine, the per-level table against tracing off, the span counts."""
-    m, load = doc["machine"], doc["load"]
+    load = doc["load"]
     lines = [
-        f"Command: `{doc['command']}`  ",
-        f"Started {doc['started']} on {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_gib']} GiB, kernel {m['kernel']}, "
-        f"Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()) + ".  ",
+        *run_header(doc),
         f"Load: Locust closed loop at concurrency {', '.join(map(str, load['levels']))}, {load['rounds']} rounds; each "
         f"round runs every variant once per level ({load['duration_s']:g} s each, order rotated per round); "
         f"{load['input_len']} input / {load['output_len']} output tokens, ignore_eos. Median (min–max) over rounds; "

