@@ -41,6 +41,10 @@ class ReplicaSpec:
     gate: GateSpec | None = None  # direct ingress only: the replica is the app's HTTP front
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
+    def engine_metrics_layout(self, layout: str) -> str | None:
+        """The `layout` label vLLM's own metrics go to Ray with, or None (not exported) with telemetry.engine_metrics off."""
+        return layout if self.telemetry.engine_metrics else None
+
 
 def wrap_engine_app(engine: Any, spec: ReplicaSpec, *, replica: str, layout: str,
                     on_refused: Callable[[int, str], None] | None = None) -> tuple[Any, Callable[[Any], Any]]:
@@ -99,7 +103,7 @@ class ModelServer:
         install(tracing, resource={"fleetserve.model": spec.model.name, "fleetserve.replica": self._replica,
                                    "fleetserve.layout": layout})
         self._engine = await start_engine(spec, traces_endpoint=tracing.endpoint,
-                                          metrics_layout=layout if spec.telemetry.engine_metrics else None)
+                                          metrics_layout=spec.engine_metrics_layout(layout))
         self._refused = Refusals(model=spec.model.name, replica=self._replica)
         self._app, self._front = wrap_engine_app(self._engine, spec, replica=self._replica, layout=layout,
                                                  on_refused=self._refused)

@@ -181,3 +181,20 @@ def test_telemetry_package_imports_neither_ray_nor_vllm():
     code = "import sys, serve_app.telemetry; bad = [m for m in ('ray', 'vllm', 'locust') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_engine_metrics_off_exports_no_vllm_metrics_from_the_replica():
+    # ModelServer starts the engine with this label; None is what keeps vLLM's Ray stat logger out
+    # (VLLMEngine.start_from_args). Measured cost of leaving it on: BENCHMARKS.md, issue 16 item 2.
+    from cluster.planner.layout import plan_layout
+    from serve_app.deployment import ReplicaSpec
+    from serve_app.schema import ModelConfig
+
+    model = ModelConfig(name="m", source="tiny:dense", placement={"accelerator": "CPU"})
+
+    def spec(**telemetry) -> ReplicaSpec:
+        return ReplicaSpec(model=model, model_index=0, model_dir="", layout=plan_layout(model), engine=None,
+                           telemetry=TelemetryConfig(**telemetry))
+
+    assert spec().engine_metrics_layout("tp1-pp1-ep1/mp") == "tp1-pp1-ep1/mp"
+    assert spec(engine_metrics=False).engine_metrics_layout("tp1-pp1-ep1/mp") is None
