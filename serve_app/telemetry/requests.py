@@ -166,17 +166,16 @@ class RequestTelemetry:
                 rec.status = msg["status"]
             await send(msg)
 
-        token = _current.set(rec)
         ctx_token = otel_context.attach(ctx)
         try:
-            await self.app(scope, receive, tracked_send)
+            with serving(rec):
+                await self.app(scope, receive, tracked_send)
         except BaseException as e:
             rec.status = rec.status or 500
             span.record_exception(e)
             raise
         finally:
             otel_context.detach(ctx_token)
-            _current.reset(token)
             self._finish(span, rec, e2e_s=time.perf_counter() - started)
 
     def _finish(self, span: Any, rec: RequestRecord, *, e2e_s: float) -> None:
